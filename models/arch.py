@@ -1,0 +1,259 @@
+"""The LPS-Net architecture as data: a frozen, validated, hashable, JSON round-trippable config.
+
+An :class:`LPSNetArch` says everything needed to build the network and nothing about weights or how
+it was measured. Changes go through :func:`dataclasses.replace`, which re-validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MAX_PATHS",
+    "NUM_STAGES",
+    "STAGE_STRIDES",
+    "ArchError",
+    "LPSNetArch",
+    "format_inline",
+    "load_arch_json",
+    "parse_inline",
+]
+
+NUM_STAGES = 5
+MAX_PATHS = 3
+# Stride of the first block of each stage (the method's definition); output stride 16.
+STAGE_STRIDES = (2, 2, 2, 2, 1)
+FAMILY = "lpsnet"
+_FIELDS = ("family", "depth", "width", "resolution", "num_classes")
+
+
+class ArchError(ValueError):
+    """An architecture description that cannot be turned into a network."""
+
+
+def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ArchError(f"{name} must be a list of {NUM_STAGES} integers, got {value!r}")
+    items = list(value)
+    out = []
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ArchError(f"{name}[{i}] must be an integer, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def _as_factor(name: str, i: int, v: Any) -> float:
+    if isinstance(v, bool):
+        raise ArchError(f"{name}[{i}] must be a number, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = float(Fraction(v.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ArchError(f"{name}[{i}] must be a number such as 0.75 or 3/4, got {v!r}") from None
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ArchError(f"{name}[{i}] must be a finite number, got {v!r}")
+    return float(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class LPSNetArch:
+    """One LPS-Net: per-stage depth and width, per-path input resolution, number of classes.
+
+    Args:
+        depth: Blocks per stage, five integers >= 1.
+        width: Channels per stage, five integers >= 1.
+        resolution: One to three input scale factors in (0, 1]. Zeros mean "no path" and are
+            dropped; the rest are stored sorted from high to low, so ``(0.25, 0.75)``,
+            ``(0.75, 0.25, 0)`` and ``(0.75, 0.25)`` are the same architecture.
+        num_classes: Output channels of the head.
+
+    Raises:
+        ArchError: A field is malformed; the message names the field and the bad value.
+    """
+
+    depth: tuple[int, ...]
+    width: tuple[int, ...]
+    resolution: tuple[float, ...]
+    num_classes: int = 19
+
+    def __post_init__(self) -> None:
+        depth = _as_int_tuple("depth", self.depth)
+        width = _as_int_tuple("width", self.width)
+        for name, values in (("depth", depth), ("width", width)):
+            if len(values) != NUM_STAGES:
+                raise ArchError(f"{name} must have {NUM_STAGES} entries, got {len(values)}: {list(values)}")
+            for i, v in enumerate(values):
+                if v <= 0:
+                    raise ArchError(f"{name}[{i}] must be > 0, got {v}")
+        if isinstance(self.resolution, (str, bytes)) or not hasattr(self.resolution, "__iter__"):
+            raise ArchError(f"resolution must be a list of 1 to {MAX_PATHS} factors, got {self.resolution!r}")
+        raw = [_as_factor("resolution", i, v) for i, v in enumerate(self.resolution)]
+        if len(raw) > MAX_PATHS:
+            raise ArchError(f"resolution may have at most {MAX_PATHS} entries, got {len(raw)}: {raw}")
+        for i, r in enumerate(raw):
+            if r < 0 or r > 1:
+                raise ArchError(f"resolution[{i}] must be in (0, 1] (or 0 for no path), got {r}")
+        factors = tuple(sorted((r for r in raw if r > 0), reverse=True))
+        if not factors:
+            raise ArchError(f"resolution must have at least one non-zero factor, got {raw}")
+        nc = self.num_classes
+        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+            raise ArchError(f"num_classes must be an integer >= 1, got {nc!r}")
+        object.__setattr__(self, "depth", depth)
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "resolution", factors)
+
+    @property
+    def num_paths(self) -> int:
+        """How many parallel paths the network has (one per resolution factor)."""
+        return len(self.resolution)
+
+    def path_input_size(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Input size of each path for an image of ``height`` x ``width`` (``int(H*r)``, as defined)."""
+        return [(int(height * r), int(width * r)) for r in self.resolution]
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` if a ``height`` x ``width`` image leaves some path with an empty input."""
+        for r, (h, w) in zip(self.resolution, self.path_input_size(height, width), strict=True):
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"input {height}x{width} is too small for resolution factor {r:g} "
+                    f"(path input would be {h}x{w}); use a larger input"
+                )
+
+    def head_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the head's logits (path 1's input after the four stride-2 stages)."""
+        h, w = self.path_input_size(height, width)[0]
+        for s in STAGE_STRIDES:
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+        return h, w
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form; :meth:`from_dict` inverts it."""
+        return {
+            "family": FAMILY,
+            "depth": list(self.depth),
+            "width": list(self.width),
+            "resolution": list(self.resolution),
+            "num_classes": self.num_classes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "architecture") -> LPSNetArch:
+        """Build from :meth:`to_dict` output; unknown or missing keys are errors naming ``source``."""
+        if not isinstance(data, dict):
+            raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise ArchError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(_FIELDS)})")
+        family = data.get("family", FAMILY)
+        if family != FAMILY:
+            raise ArchError(f"{source}: family must be {FAMILY!r}, got {family!r}")
+        missing = [k for k in ("depth", "width", "resolution") if k not in data]
+        if missing:
+            raise ArchError(f"{source}: missing key {missing[0]!r}")
+        try:
+            return cls(
+                depth=data["depth"],
+                width=data["width"],
+                resolution=data["resolution"],
+                num_classes=data.get("num_classes", 19),
+            )
+        except ArchError as e:
+            raise ArchError(f"{source}: {e}") from None
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "architecture") -> LPSNetArch:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(data, source=source)
+
+    def arch_hash(self, *, length: int = 12) -> str:
+        """Stable identifier of the architecture: same network, same hash, across processes and hosts."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+    def inline(self) -> str:
+        """The inline spelling accepted everywhere an ARCH is, e.g. ``lpsnet:d=1,1,1,1,1;w=...;r=0.5``."""
+        return format_inline(self)
+
+
+def format_inline(arch: LPSNetArch) -> str:
+    r = ",".join(f"{x:g}" for x in arch.resolution)
+    text = f"lpsnet:d={','.join(map(str, arch.depth))};w={','.join(map(str, arch.width))};r={r}"
+    if arch.num_classes != 19:
+        text += f";c={arch.num_classes}"
+    return text
+
+
+_INLINE_KEYS = {
+    "d": "depth",
+    "depth": "depth",
+    "w": "width",
+    "width": "width",
+    "r": "resolution",
+    "resolution": "resolution",
+    "c": "num_classes",
+    "classes": "num_classes",
+    "num_classes": "num_classes",
+}
+
+
+def parse_inline(text: str) -> LPSNetArch:
+    """Parse ``lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25[;c=19]``.
+
+    Resolution factors may be written as fractions (``3/4``).
+
+    Raises:
+        ArchError: The text is malformed; the message names the part that is wrong.
+    """
+    if not text.startswith(f"{FAMILY}:"):
+        raise ArchError(f"inline architecture must start with '{FAMILY}:', got {text!r}")
+    body = text[len(FAMILY) + 1 :]
+    fields: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in body.split(";"))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _INLINE_KEYS:
+            raise ArchError(f"inline architecture {text!r}: bad part {part!r} (expected d=..., w=..., r=... or c=...)")
+        name = _INLINE_KEYS[key]
+        if name in fields:
+            raise ArchError(f"inline architecture {text!r}: {name} given twice")
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if name == "resolution":
+            fields[name] = items
+        else:
+            try:
+                ints = [int(v) for v in items]
+            except ValueError:
+                raise ArchError(f"inline architecture {text!r}: {name} must be integers, got {value!r}") from None
+            fields[name] = ints[0] if name == "num_classes" and len(ints) == 1 else ints
+    for required in ("depth", "width", "resolution"):
+        if required not in fields:
+            raise ArchError(f"inline architecture {text!r}: missing {required} ({required[0]}=...)")
+    try:
+        return LPSNetArch(**fields)
+    except ArchError as e:
+        raise ArchError(f"inline architecture {text!r}: {e}") from None
+
+
+def load_arch_json(path: str | Path) -> LPSNetArch:
+    """Read an ``arch.json`` written by :meth:`LPSNetArch.to_json` (or by ``scaler export``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ArchError(f"{path}: cannot read architecture file ({e.strerror})") from None
+    return LPSNetArch.from_json(text, source=str(path))

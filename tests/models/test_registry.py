@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models import ArchError, LPSNet, LPSNetArch, create_model, get_arch, list_models, register_model, resolve_arch
+from models.registry import _REGISTRY
+
+
+def test_list_models():
+    assert list_models() == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny"]
+
+
+@pytest.mark.parametrize(
+    ("name", "depth", "width", "resolution"),
+    [
+        ("lpsnet_tiny", (1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5,)),
+        ("lpsnet_s", (1, 3, 3, 10, 10), (8, 24, 48, 96, 96), (0.75, 0.25)),
+        ("lpsnet_m", (1, 3, 3, 10, 10), (8, 24, 48, 96, 96), (1.0, 0.25)),
+        ("lpsnet_l", (1, 3, 3, 10, 10), (8, 24, 64, 160, 160), (1.0, 0.25)),
+    ],
+)
+def test_named_variants_match_the_paper(name, depth, width, resolution):
+    a = get_arch(name)
+    assert (a.depth, a.width, a.resolution, a.num_classes) == (depth, width, resolution, 19)
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="'lpsnet_s' is already registered"):
+        register_model("lpsnet_s")(lambda: get_arch("lpsnet_s"))
+    assert len(_REGISTRY) == 4
+
+
+def test_every_spelling_resolves_to_the_same_arch(tmp_path):
+    a = get_arch("lpsnet_s")
+    p = tmp_path / "arch.json"
+    p.write_text(a.to_json())
+    for spec in ("lpsnet_s", a.inline(), str(p), p, a, " lpsnet_s "):
+        assert resolve_arch(spec) == a
+
+
+def test_json_path_without_json_suffix(tmp_path):
+    p = tmp_path / "my-arch"
+    p.write_text(get_arch("lpsnet_m").to_json())
+    assert resolve_arch(str(p)) == get_arch("lpsnet_m")
+
+
+def test_num_classes_override():
+    m = create_model("lpsnet_tiny", num_classes=11)
+    assert isinstance(m, LPSNet)
+    assert m.head.out_channels == 11
+    assert m.arch.num_classes == 11
+    with pytest.raises(ArchError, match="num_classes must be an integer >= 1, got 0"):
+        resolve_arch("lpsnet_tiny", num_classes=0)
+
+
+def test_create_model_deploy_form_has_no_batchnorm():
+    m = create_model("lpsnet_tiny", deploy=True)
+    assert m.deploy
+    assert not any(type(x).__name__ == "BatchNorm2d" for x in m.modules())
+
+
+@pytest.mark.parametrize("spec", ["lpsnet_xl", "lpsnet:d=1", "missing/arch.json", Path("nowhere.json")])
+def test_unknown_specs_give_clear_errors(spec):
+    with pytest.raises(ArchError) as e:
+        resolve_arch(spec)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert any(word in msg for word in ("unknown architecture", "missing", "cannot read"))
+
+
+def test_unknown_name_lists_registered():
+    with pytest.raises(ArchError, match="registered: lpsnet_l, lpsnet_m, lpsnet_s, lpsnet_tiny"):
+        get_arch("nope")
+
+
+def test_bad_type():
+    with pytest.raises(ArchError, match="got int"):
+        resolve_arch(3)  # type: ignore[arg-type]
+    assert isinstance(resolve_arch(LPSNetArch((1,) * 5, (1,) * 5, (1,))), LPSNetArch)

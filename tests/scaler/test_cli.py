@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from models import get_arch
+from scaler.cli import main
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_help_lists_commands(run):
+    r = run("--help")
+    assert r.exit_code == 0
+    assert "info" in r.output and "models" in r.output
+    r = run("info", "--help")
+    assert r.exit_code == 0 and "arch.json" in r.output and "--flops-backend" in r.output
+
+
+def test_models_table_and_json(run):
+    r = run("models")
+    assert r.exit_code == 0
+    rows = {line.split()[0]: line.split()[1:4] for line in r.output.splitlines()[1:5]}
+    assert rows["lpsnet_s"] == ["1,3,3,10,10", "8,24,48,96,96", "0.75,0.25"]
+    assert rows["lpsnet_l"] == ["1,3,3,10,10", "8,24,64,160,160", "1,0.25"]
+    rows = json.loads(run("models", "--json").output)
+    assert [row["name"] for row in rows] == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny"]
+    assert rows[3]["width"] == [4, 8, 16, 32, 32] and rows[3]["arch_hash"] == get_arch("lpsnet_tiny").arch_hash()
+
+
+def test_info_text(run):
+    r = run("info", "lpsnet_s", "--input", "256x512")
+    assert r.exit_code == 0, r.output
+    assert "3,375,363 (train form" in r.output
+    assert "3,371,075 (deploy form" in r.output
+    assert "backend 'aten'" in r.output
+    assert "no final upsample" in r.output
+    assert "inputs 192x384, 64x128" in r.output
+
+
+def test_info_json_all_three_arch_spellings_agree(run, tmp_path):
+    arch = get_arch("lpsnet_m")
+    path = tmp_path / "arch.json"
+    path.write_text(arch.to_json())
+    outs = []
+    for spec in ("lpsnet_m", arch.inline(), str(path)):
+        r = run("info", spec, "--input", "128x256", "--json")
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.output))
+    assert outs[0]["name"] == "lpsnet_m" and outs[1]["name"] is None
+    for d in outs:
+        d.pop("name")
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0]["params_train"] == 3_375_363
+    assert outs[0]["arch_hash"] == arch.arch_hash()
+
+
+def test_info_classes_and_backend(run):
+    d = json.loads(run("info", "lpsnet_tiny", "--classes", "11", "--input", "97x131", "--json").output)
+    assert d["arch"]["num_classes"] == 11
+    assert d["params_train"] == 16_183 - 8 * 32 - 8  # 8 fewer head rows of 32 weights + 1 bias each
+    aten = d["macs"]
+    d2 = json.loads(
+        run(
+            "info",
+            "lpsnet_tiny",
+            "--classes",
+            "11",
+            "--input",
+            "97x131",
+            "--json",
+            "--flops-backend",
+            "pytorch",
+            "--with-upsample",
+        ).output
+    )
+    assert d2["flops_counter"]["backend"] == "pytorch" and d2["include_final_upsample"] is True
+    assert d2["macs"] > aten
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("info", "lpsnet_xl"), "unknown architecture 'lpsnet_xl'"),
+        (("info", "lpsnet:d=1,1,1,1,1;w=4,8,0,32,32;r=0.5"), "width[2] must be > 0, got 0"),
+        (("info", "lpsnet_s", "--input", "10x"), "'10x' is not HxW"),
+        (("info", "lpsnet_s", "--input", "2x64"), "too small for resolution factor 0.25"),
+        (("info", "lpsnet_s", "--classes", "0"), "--classes"),
+        (("info", "missing/arch.json"), "cannot read architecture file"),
+        (("nosuchcommand",), "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(run, args, message):
+    r = run(*args)
+    assert r.exit_code != 0
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert message in err
+    assert "Traceback" not in r.output
+
+
+def test_bad_arch_json_names_the_file(run, tmp_path):
+    p = tmp_path / "arch.json"
+    p.write_text('{"depth": [1,1,1,1,1], "width": [4,8,16,32,32], "resolution": [1.5]}')
+    r = run("info", str(p))
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {p}: resolution[0] must be in (0, 1] (or 0 for no path), got 1.5"
+
+
+def test_version(run):
+    r = run("--version")
+    assert r.exit_code == 0 and "lps-scaler" in r.output
