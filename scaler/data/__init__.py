@@ -1,0 +1,23 @@
+"""Datasets: the embedded synthetic street scenes and loaders for real datasets in their own layouts."""
+
+from __future__ import annotations
+
+from .base import (
+    IGNORE_INDEX,
+    DataError,
+    DatasetInfo,
+    SegmentationDataset,
+    dataset_kinds,
+    open_dataset,
+    register_dataset,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "DataError",
+    "DatasetInfo",
+    "SegmentationDataset",
+    "dataset_kinds",
+    "open_dataset",
+    "register_dataset",
+]
