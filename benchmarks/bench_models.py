@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import command_line, machine, machine_line
 
 from models import create_model, reparameterize
 
 VARIANTS = ("eval", "deploy", "eval+channels_last", "deploy+channels_last")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(name: str, variant: str, hw: tuple[int, int]) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -102,8 +90,7 @@ def to_markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {fp['cpu']} ({fp['logical_cpus']} logical CPUs), torch {fp['torch']}, "
-        f"{fp['threads']} threads, batch 1, input 1x3x{fp['input'][0]}x{fp['input'][1]}, fp32, eager PyTorch, "
+        f"Machine: {machine_line(fp)}, batch 1, input 1x3x{fp['input'][0]}x{fp['input'][1]}, fp32, eager PyTorch, "
         "network up to the head's logits (no final upsample). "
         f"{fp['repeats']} interleaved rounds after {fp['warmup']} warm-up runs; median and p10-p90 in ms.",
         "",
@@ -135,18 +122,8 @@ def main() -> None:
         else f"Deploy form SLOWER than eval form for: {', '.join(slower)}."
     )
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "fingerprint": {
-            "cpu": cpu_name(),
-            "logical_cpus": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": args.threads,
-            "input": list(hw),
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "date": time.strftime("%Y-%m-%d"),
-        },
+        "command": command_line(),
+        "fingerprint": {**machine(args.threads), "input": list(hw), "repeats": args.repeats, "warmup": args.warmup},
         "results": results,
         "verdict": verdict,
     }

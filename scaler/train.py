@@ -1,0 +1,440 @@
+"""The accuracy proxy: train a network briefly with a fixed recipe and data stream, then measure mIoU.
+
+The recipe (SGD momentum 0.9, weight decay 5e-4, poly(0.9) learning rate after a short linear
+warm-up, cross-entropy with the ignore label, random scale 0.5-2.0 + crop + flip + colour jitter) and
+the data stream depend only on the config and the seed, so every candidate of a search is trained on
+the same images in the same order and their mIoUs can be compared.
+
+Failures are results: a non-finite loss, CUDA out-of-memory, or bad data (a corrupt file, a label
+outside the classes) end the run with ``status="failed"`` and a reason that names the cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models import LPSNet, LPSNetArch
+
+from .augment import AugmentConfig, TrainStream, normalize
+from .data import DataError, SegmentationDataset, open_dataset
+from .errors import UserError
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "cached_dataset",
+    "confusion_matrix",
+    "evaluate",
+    "iou_from_confusion",
+    "poly_lr",
+    "train_and_evaluate",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a proxy-training result, besides the architecture.
+
+    Args:
+        dataset: Dataset SPEC (``synthetic``, ``cityscapes:PATH``, ...).
+        iters: Optimisation steps.
+        batch: Images per step.
+        crop: Training crop ``(H, W)``.
+        eval_size: Size ``(H, W)`` images are resized to for evaluation and, before the random
+            scale, for training: the search's input size. ``None``: the images' own size.
+        lr: Peak learning rate.
+        momentum, weight_decay, poly_power: The SGD recipe.
+        warmup_iters: Linear warm-up steps (``None``: 5% of ``iters``).
+        scale, flip, jitter: Augmentation, see :class:`~scaler.augment.AugmentConfig`.
+        seed: Fixes initial weights, image order and augmentation.
+        device: ``cpu``, ``cuda`` or ``cuda:i``.
+        amp: Mixed precision; ``None``: on for CUDA, off on the CPU.
+        channels_last: ``None``: on for CUDA, off on the CPU.
+        workers: DataLoader worker processes (results do not depend on it).
+        val_limit: Evaluate on at most this many validation images (``None``: all).
+        eval_batch: Validation images per forward pass.
+    """
+
+    dataset: str = "synthetic"
+    iters: int = 300
+    batch: int = 8
+    crop: tuple[int, int] = (128, 256)
+    eval_size: tuple[int, int] | None = None
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    warmup_iters: int | None = None
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: float = 0.5
+    jitter: float = 0.25
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool | None = None
+    channels_last: bool | None = None
+    workers: int = 0
+    val_limit: int | None = None
+    eval_batch: int = 8
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.iters >= 1, "iters", self.iters, "must be >= 1"),
+            (self.batch >= 1, "batch", self.batch, "must be >= 1"),
+            (min(self.crop) >= 1, "crop", self.crop, "must be at least 1x1"),
+            (self.eval_size is None or min(self.eval_size) >= 1, "eval_size", self.eval_size, "must be >= 1x1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be a positive number"),
+            (0 < self.scale[0] <= self.scale[1], "scale", self.scale, "must be (low, high) with 0 < low <= high"),
+            (0 <= self.flip <= 1, "flip", self.flip, "must be a probability"),
+            (self.jitter >= 0, "jitter", self.jitter, "must be >= 0"),
+            (self.workers >= 0, "workers", self.workers, "must be >= 0"),
+            (self.val_limit is None or self.val_limit >= 1, "val_limit", self.val_limit, "must be >= 1"),
+            (self.eval_batch >= 1, "eval_batch", self.eval_batch, "must be >= 1"),
+        ]
+        for ok, name, value, what in checks:
+            if not ok:
+                raise UserError(f"training config: {name} {what}, got {value!r}")
+
+    @property
+    def resolved_warmup(self) -> int:
+        return self.warmup_iters if self.warmup_iters is not None else max(0, self.iters // 20)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What one proxy training reports. ``status`` is ``ok`` or ``failed`` (then ``reason`` says why)."""
+
+    status: str
+    reason: str | None
+    arch: dict[str, Any]
+    config: dict[str, Any]
+    miou: float | None = None
+    pixel_accuracy: float | None = None
+    per_class_iou: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    iters_done: int = 0
+    loss_first: float | None = None
+    loss_last: float | None = None
+    loss_min: float | None = None
+    loss_curve: list[float] = dataclasses.field(default_factory=list)
+    images_per_s: float | None = None
+    data_time_share: float | None = None
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    device: str = "cpu"
+    num_val_images: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def poly_lr(it: int, *, base_lr: float, iters: int, power: float = 0.9, warmup: int = 0) -> float:
+    """Learning rate at step ``it``: linear warm-up to ``base_lr``, then ``base_lr (1 - t)^power``."""
+    if warmup > 0 and it < warmup:
+        return base_lr * (it + 1) / warmup
+    progress = (it - warmup) / max(1, iters - warmup)
+    return base_lr * max(0.0, 1.0 - progress) ** power
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """``K x K`` int64 counts, rows = ground truth, columns = prediction; ignore pixels skipped."""
+    valid = target != ignore_index
+    idx = target[valid] * num_classes + pred[valid]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU; NaN for a class absent from both ground truth and prediction."""
+    conf = conf.double()
+    tp = conf.diag()
+    denom = conf.sum(0) + conf.sum(1) - tp
+    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    *,
+    eval_size: tuple[int, int] | None,
+    device: torch.device,
+    limit: int | None = None,
+    batch: int = 8,
+    channels_last: bool = False,
+    amp: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """Confusion matrix of ``model`` over the split: each image resized to ``eval_size``, the logits
+    resized back to the label's size. Returns the matrix and the number of images seen."""
+    k = dataset.info.num_classes
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    model.eval()
+    seen = 0
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    i = 0
+    while i < n:
+        images, masks = [], []
+        while i < n and len(images) < batch:
+            img, msk = dataset[i]
+            if images and (tuple(img.shape) != tuple(images[0].shape) or tuple(msk.shape) != tuple(masks[0].shape)):
+                break
+            images.append(img)
+            masks.append(msk)
+            i += 1
+        x = normalize(torch.stack(images)).to(device)
+        label_size = tuple(masks[0].shape)
+        if eval_size is not None and tuple(x.shape[-2:]) != tuple(eval_size):
+            x = F.interpolate(x, size=eval_size, mode="bilinear", align_corners=False)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(x)
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != label_size:
+            logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
+        pred = logits.argmax(1).cpu()
+        conf += confusion_matrix(pred, torch.stack(masks), k, dataset.info.ignore_index)
+        seen += len(images)
+    return conf, seen
+
+
+_DATASETS: dict[tuple[str, str, int], SegmentationDataset] = {}
+
+
+def cached_dataset(spec: str, split: str, seed: int) -> SegmentationDataset:
+    """``open_dataset``, reused across the candidates one process trains (decoded images stay cached)."""
+    key = (spec, split, seed)
+    if key not in _DATASETS:
+        if len(_DATASETS) >= 8:
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[key] = open_dataset(spec, split, seed=seed)
+    return _DATASETS[key]
+
+
+def _failed(reason: str, arch: LPSNetArch, config: TrainConfig, **fields: Any) -> TrainResult:
+    return TrainResult(status="failed", reason=reason, arch=arch.to_dict(), config=config.to_dict(), **fields)
+
+
+def _curve_summary(losses: list[float], points: int = 50) -> list[float]:
+    if len(losses) <= points:
+        return [round(v, 5) for v in losses]
+    chunks = np.array_split(np.asarray(losses), points)
+    return [round(float(c.mean()), 5) for c in chunks]
+
+
+def train_and_evaluate(
+    arch: LPSNetArch,
+    config: TrainConfig,
+    *,
+    progress: bool | None = None,
+    save: str | Path | None = None,
+    train_set: SegmentationDataset | None = None,
+    val_set: SegmentationDataset | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``arch`` with ``config`` and evaluate it on the validation split.
+
+    Args:
+        arch: The network; its ``num_classes`` is replaced by the dataset's.
+        config: Recipe, data and device.
+        progress: Show a progress bar (``None``: only on a terminal).
+        save: Write the trained weights, architecture, config and result to this file.
+        train_set, val_set: Use these splits instead of opening ``config.dataset``.
+        log: Receives one-line messages (e.g. when a run fails).
+
+    Returns:
+        A :class:`TrainResult`; ``status="failed"`` with ``reason`` for a non-finite loss, CUDA
+        out-of-memory, bad data, or any other error raised while training.
+
+    Raises:
+        UserError: The dataset SPEC cannot be opened or the device does not exist (nothing to train).
+    """
+    device = _device(config.device)
+    train_set = train_set if train_set is not None else cached_dataset(config.dataset, "train", config.seed)
+    val_set = val_set if val_set is not None else cached_dataset(config.dataset, "val", config.seed)
+    info = train_set.info
+    if arch.num_classes != info.num_classes:
+        arch = dataclasses.replace(arch, num_classes=info.num_classes)
+    for size, what in ((config.crop, "crop"), (config.eval_size, "eval size")):
+        if size is not None:
+            try:
+                arch.check_input_size(*size)
+            except ValueError as e:
+                raise UserError(f"{what} {size[0]}x{size[1]}: {e}") from None
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+
+    torch.manual_seed(config.seed)
+    model = LPSNet(arch).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    aug = AugmentConfig(
+        crop=config.crop, base_size=config.eval_size, scale=config.scale, flip=config.flip, jitter=config.jitter
+    )
+    stream = TrainStream(train_set, aug, config.iters * config.batch, config.seed)
+    loader = DataLoader(
+        stream,
+        batch_size=config.batch,
+        shuffle=False,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    losses: list[float] = []
+    fields: dict[str, Any] = {"device": str(device)}
+    data_time = 0.0
+    bar = _progress(config.iters, progress, f"train {arch.arch_hash()}")
+    t_start = time.perf_counter()
+    it = 0
+    try:
+        model.train()
+        t_data = time.perf_counter()
+        for it, (x, y) in enumerate(loader):
+            data_time += time.perf_counter() - t_data
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            lr = poly_lr(
+                it, base_lr=config.lr, iters=config.iters, power=config.poly_power, warmup=config.resolved_warmup
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device_type=device.type, enabled=amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = float(loss.detach())  # sync point: also where a non-finite loss is caught
+            if not math.isfinite(value):
+                return _failed(
+                    f"loss became {value} at iteration {it + 1}/{config.iters} (lr {lr:.3g}); lower the learning rate",
+                    arch,
+                    config,
+                    iters_done=it + 1,
+                    loss_curve=_curve_summary(losses),
+                    **fields,
+                )
+            losses.append(value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            t_data = time.perf_counter()
+        train_seconds = time.perf_counter() - t_start
+        fields.update(
+            iters_done=len(losses),
+            loss_first=losses[0],
+            loss_last=float(np.mean(losses[-max(1, len(losses) // 10) :])),
+            loss_min=min(losses),
+            loss_curve=_curve_summary(losses),
+            images_per_s=len(losses) * config.batch / train_seconds,
+            data_time_share=data_time / train_seconds,
+            train_seconds=train_seconds,
+        )
+        t_eval = time.perf_counter()
+        conf, seen = evaluate(
+            model,
+            val_set,
+            eval_size=config.eval_size,
+            device=device,
+            limit=config.val_limit,
+            batch=config.eval_batch,
+            channels_last=channels_last,
+            amp=amp,
+        )
+        fields["eval_seconds"] = time.perf_counter() - t_eval
+    except DataError as e:
+        return _failed(f"bad data: {e}", arch, config, iters_done=len(losses), **fields)
+    except torch.cuda.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return _failed(
+            f"CUDA out of memory at batch {config.batch}, crop {config.crop[0]}x{config.crop[1]} "
+            f"(iteration {len(losses) + 1}); lower --batch or --crop",
+            arch,
+            config,
+            iters_done=len(losses),
+            **fields,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a candidate that breaks is recorded, and the search goes on
+        first = (str(e).strip().splitlines() or [""])[0]
+        return _failed(f"{type(e).__name__}: {first}", arch, config, iters_done=len(losses), **fields)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    iou = iou_from_confusion(conf)
+    total = conf.sum().item()
+    result = TrainResult(
+        status="ok",
+        reason=None,
+        arch=arch.to_dict(),
+        config=config.to_dict(),
+        miou=float(np.nanmean(iou.numpy())) if not torch.isnan(iou).all() else 0.0,
+        pixel_accuracy=float(conf.diag().sum().item() / total) if total else 0.0,
+        per_class_iou={
+            n: (None if math.isnan(v) else float(v)) for n, v in zip(info.class_names, iou.tolist(), strict=True)
+        },
+        num_val_images=seen,
+        **fields,
+    )
+    if save is not None:
+        _save(save, model, arch, config, result)
+    return result
+
+
+def _save(path: str | Path, model: nn.Module, arch: LPSNetArch, config: TrainConfig, result: TrainResult) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"arch": arch.to_dict(), "state_dict": state, "train_config": config.to_dict(), "result": result.to_dict()}, tmp
+    )
+    tmp.replace(path)
+
+
+def _device(spec: str) -> torch.device:
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device {spec!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r} asked for, but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise UserError(f"device {spec!r} is not supported: use cpu, cuda or cuda:N")
+    return device
+
+
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    # tqdm's disable=None hides the bar when stderr is not a terminal (logs, CI, worker processes).
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="it", disable=disable, leave=False, dynamic_ncols=True)

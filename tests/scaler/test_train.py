@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import LPSNet, LPSNetArch, get_arch
+from scaler.augment import AugmentConfig, TrainStream
+from scaler.data import DataError, DatasetInfo, SegmentationDataset
+from scaler.errors import UserError
+from scaler.train import (
+    TrainConfig,
+    confusion_matrix,
+    evaluate,
+    iou_from_confusion,
+    poly_lr,
+    train_and_evaluate,
+)
+
+TINY = get_arch("lpsnet_tiny")
+SMALL_NET = LPSNetArch(depth=(1, 1, 1, 1, 1), width=(8, 8, 16, 16, 16), resolution=(1,))
+
+
+class Stripes(SegmentationDataset):
+    """Three classes told apart by colour: vertical bands at seeded positions; a corner is ignored."""
+
+    def __init__(self, n: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0, bad: int | None = None):
+        self.info = DatasetInfo("stripes", ("red", "green", "blue"))
+        self.split = "train"
+        self.n, self.size, self.seed, self.bad = n, size, seed, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i == self.bad:
+            raise DataError(f"/data/masks/{i:04d}.png: label value 7 outside [0, 3) and not the ignore value 255")
+        rng = np.random.default_rng([self.seed, i])
+        h, w = self.size
+        cuts = np.sort(rng.integers(8, w - 8, size=2))
+        mask = np.zeros((h, w), np.int64)
+        mask[:, cuts[0] : cuts[1]] = 1
+        mask[:, cuts[1] :] = 2
+        colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.float64)
+        image = colours[mask] + rng.normal(0, 20, size=(h, w, 3))
+        mask[:4, :4] = 255
+        image_u8 = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+        return image_u8, torch.from_numpy(mask)
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(dataset="stripes", iters=40, batch=4, crop=(32, 48), lr=0.05, seed=0, jitter=0.1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _train(arch=SMALL_NET, train=None, val=None, **kw):
+    return train_and_evaluate(
+        arch, _config(**kw), progress=False, train_set=train or Stripes(), val_set=val or Stripes(n=6, seed=99)
+    )
+
+
+def test_poly_lr():
+    assert poly_lr(0, base_lr=0.1, iters=100) == pytest.approx(0.1)
+    assert poly_lr(50, base_lr=0.1, iters=100) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(100, base_lr=0.1, iters=100) == 0.0
+    assert [poly_lr(i, base_lr=0.1, iters=100, warmup=4) for i in range(4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert poly_lr(4, base_lr=0.1, iters=100, warmup=4) == pytest.approx(0.1)
+
+
+def test_confusion_and_iou():
+    target = torch.tensor([0, 0, 1, 1, 2, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2])
+    conf = confusion_matrix(pred, target, 4, 255)
+    assert conf.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    iou = iou_from_confusion(conf)
+    assert iou[0].item() == pytest.approx(1 / 3)
+    assert iou[1].item() == pytest.approx(2 / 3)
+    assert iou[2].item() == 0.0
+    assert math.isnan(iou[3].item())
+
+
+def test_training_learns_and_reports():
+    r = _train()
+    assert r.ok, r.reason
+    assert r.miou > 0.8
+    assert set(r.per_class_iou) == {"red", "green", "blue"}
+    assert r.iters_done == 40 and len(r.loss_curve) == 40
+    assert r.loss_last < 0.5 * r.loss_first
+    assert r.images_per_s > 0 and 0 <= r.data_time_share < 1
+    assert r.num_val_images == 6
+    assert r.arch["num_classes"] == 3  # the dataset's class count replaces the architecture's
+
+
+def test_same_seed_same_result_and_workers_do_not_matter():
+    a = _train(iters=12)
+    b = _train(iters=12)
+    c = _train(iters=12, workers=1)
+    assert a.loss_curve == b.loss_curve == c.loss_curve
+    assert a.miou == b.miou == c.miou
+    d = _train(iters=12, seed=1)
+    assert d.loss_curve != a.loss_curve
+
+
+def test_data_stream_is_the_same_for_every_architecture():
+    # The stream depends on the dataset, the augmentation and the seed only.
+    aug = AugmentConfig(crop=(32, 48))
+    s1, s2 = TrainStream(Stripes(), aug, 20, seed=3), TrainStream(Stripes(), aug, 20, seed=3)
+    for k in (0, 7, 19):
+        x1, y1 = s1[k]
+        x2, y2 = s2[k]
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert x1.shape == (3, 32, 48) and y1.shape == (32, 48)
+    assert not torch.equal(TrainStream(Stripes(), aug, 20, seed=4)[0][0], s1[0][0])
+    # Each epoch visits every image once.
+    assert sorted(s1.order[:12].tolist()) == list(range(12))
+
+
+def test_crop_larger_than_image_pads_with_ignore():
+    aug = AugmentConfig(crop=(100, 120), scale=(1.0, 1.0), flip=0.0, jitter=0.0)
+    x, y = TrainStream(Stripes(size=(48, 64)), aug, 1, seed=0)[0]
+    assert x.shape == (3, 100, 120)
+    assert (y[48:, :] == 255).all() and (y[:, 64:] == 255).all()
+
+
+def test_eval_size_resizes_inputs_and_scores_at_label_size():
+    torch.manual_seed(0)
+    model = LPSNet(SMALL_NET.__class__(SMALL_NET.depth, SMALL_NET.width, SMALL_NET.resolution, 3))
+    seen_sizes = []
+    model.register_forward_pre_hook(lambda m, args: seen_sizes.append(tuple(args[0].shape[-2:])))
+    conf, n = evaluate(model, Stripes(n=5), eval_size=(40, 56), device=torch.device("cpu"), batch=2)
+    assert n == 5 and seen_sizes == [(40, 56)] * 3
+    assert conf.sum().item() == 5 * (48 * 64 - 16)
+
+
+def test_nonfinite_loss_is_a_failed_result():
+    r = _train(lr=1e9, iters=30)
+    assert r.status == "failed" and not r.ok
+    assert "loss became" in r.reason and "lower the learning rate" in r.reason
+    assert r.miou is None
+
+
+def test_bad_data_is_a_failed_result_naming_the_file():
+    r = _train(train=Stripes(bad=5))
+    assert r.status == "failed"
+    assert "bad data" in r.reason and "/data/masks/0005.png" in r.reason and "7" in r.reason
+
+
+def test_cuda_oom_is_a_failed_result(monkeypatch):
+    def boom(self, x, upsample=True):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LPSNet, "forward", boom)
+    r = _train(iters=3)
+    assert r.status == "failed" and "CUDA out of memory at batch 4, crop 32x48" in r.reason
+
+
+def test_other_errors_are_failed_results(monkeypatch):
+    def broken(self, x, upsample=True):
+        raise RuntimeError("something odd\nmore lines")
+
+    monkeypatch.setattr(LPSNet, "forward", broken)
+    r = _train(iters=3)
+    assert r.status == "failed" and r.reason == "RuntimeError: something odd"
+
+
+def test_save_round_trip(tmp_path):
+    path = tmp_path / "w" / "weights.pt"
+    r = train_and_evaluate(
+        SMALL_NET, _config(iters=10), progress=False, train_set=Stripes(), val_set=Stripes(n=4, seed=9), save=path
+    )
+    ckpt = torch.load(path, weights_only=True)
+    arch = LPSNetArch.from_dict(ckpt["arch"])
+    model = LPSNet(arch)
+    model.load_state_dict(ckpt["state_dict"])
+    conf, _ = evaluate(model, Stripes(n=4, seed=9), eval_size=None, device=torch.device("cpu"))
+    iou = iou_from_confusion(conf)
+    assert float(np.nanmean(iou.numpy())) == pytest.approx(r.miou, abs=1e-9)
+    assert ckpt["train_config"]["iters"] == 10 and ckpt["result"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"iters": 0}, "iters must be >= 1"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"scale": (2.0, 1.0)}, "scale must be (low, high)"),
+        ({"crop": (0, 10)}, "crop must be at least 1x1"),
+    ],
+)
+def test_bad_config(kw, message):
+    with pytest.raises(UserError) as e:
+        _config(**kw)
+    assert message in str(e.value)
+
+
+def test_bad_device_and_too_small_crop():
+    with pytest.raises(UserError, match="CUDA is not available"):
+        _train(device="cuda")
+    with pytest.raises(UserError, match="unknown device 'gpu0'"):
+        _train(device="gpu0")
+    with pytest.raises(UserError, match=r"crop 1x48: input 1x48 is too small"):
+        _train(arch=TINY, crop=(1, 48))
