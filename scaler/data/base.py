@@ -10,7 +10,15 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 
-__all__ = ["DataError", "DatasetInfo", "SegmentationDataset", "register_dataset", "open_dataset", "dataset_kinds", "IGNORE_INDEX"]
+__all__ = [
+    "IGNORE_INDEX",
+    "DataError",
+    "DatasetInfo",
+    "SegmentationDataset",
+    "dataset_kinds",
+    "open_dataset",
+    "register_dataset",
+]
 
 IGNORE_INDEX = 255
 
