@@ -10,8 +10,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint bench clean
 
 demo: $(VENV)/.installed
-	$(BIN)/scaler models
-	$(BIN)/scaler info lpsnet_s
+	$(BIN)/scaler search --space search_spaces/lpsnet_demo.yaml --out results/demo
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

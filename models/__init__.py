@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 from . import lpsnet
-from .arch import ArchError, LPSNetArch, format_inline, load_arch_json, parse_inline
+from .arch import MAX_PATHS, NUM_STAGES, ArchError, LPSNetArch, format_inline, load_arch_json, parse_inline
 from .lpsnet import CheckpointError, LPSNet, from_reference_checkpoint, reparameterize
 from .registry import create_model, describe_model, get_arch, list_models, register_model, resolve_arch
 
 __all__ = [
+    "MAX_PATHS",
+    "NUM_STAGES",
     "ArchError",
     "CheckpointError",
     "LPSNet",

@@ -26,6 +26,7 @@ __all__ = [
     "INTERACTION_STAGES",
     "PATH_NAMES",
     "CheckpointError",
+    "FixedUpsample",
     "LPSNet",
     "from_reference_checkpoint",
     "reparameterize",
@@ -123,6 +124,19 @@ def _interact(feats: list[torch.Tensor]) -> list[torch.Tensor]:
                 acc = acc + _resize(g, size)
         out.append(acc)
     return out
+
+
+class FixedUpsample(nn.Module):
+    """``model`` with ``upsample`` fixed, so tools that call ``module(x)`` (FLOP counters, exporters,
+    graph capture) see the form that is meant: the head's logits, or logits at the input size."""
+
+    def __init__(self, model: LPSNet, upsample: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.upsample = upsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, upsample=self.upsample)
 
 
 def _fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models import LPSNet, LPSNetArch, reparameterize
+from models.lpsnet import FixedUpsample
 
 __all__ = ["FLOPS_BACKENDS", "Complexity", "count_parameters", "measure_complexity"]
 
@@ -57,18 +58,6 @@ class Complexity:
         }
 
 
-class _Forward(nn.Module):
-    """Fixes ``upsample`` so ptflops (which calls ``model(x)``) times the form we ask for."""
-
-    def __init__(self, model: LPSNet, upsample: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.upsample = upsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, upsample=self.upsample)
-
-
 def measure_complexity(
     arch: LPSNetArch,
     input_hw: tuple[int, int] = (1024, 2048),
@@ -92,7 +81,7 @@ def measure_complexity(
     arch.check_input_size(h, w)
     model = LPSNet(arch).eval()
     deploy = reparameterize(model)
-    wrapped = _Forward(deploy, include_upsample).eval()
+    wrapped = FixedUpsample(deploy, include_upsample).eval()
     with torch.no_grad():
         macs, _ = get_model_complexity_info(
             wrapped,

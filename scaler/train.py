@@ -296,6 +296,7 @@ def train_and_evaluate(
         batch_size=config.batch,
         shuffle=False,
         num_workers=config.workers,
+        collate_fn=TrainStream.collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

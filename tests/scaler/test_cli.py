@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from models import get_arch
@@ -121,3 +122,66 @@ def test_bad_arch_json_names_the_file(run, tmp_path):
 def test_version(run):
     r = run("--version")
     assert r.exit_code == 0 and "lps-scaler" in r.output
+
+
+def test_train_command_text_json_and_save(run, tmp_path):
+    args = [
+        "train",
+        "lpsnet_tiny",
+        "--dataset",
+        "synthetic:size=64x128,train=8,val=4",
+        "--iters",
+        "6",
+        "--batch",
+        "2",
+        "--crop",
+        "64x96",
+        "--quiet",
+    ]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert "mIoU" in r.output and "4 val images at native size" in r.output and "images/s" in r.output
+    assert "road" in r.output and "traffic sign" in r.output
+    weights = tmp_path / "w.pt"
+    r = run(*args, "--json", "--save", str(weights))
+    data = json.loads(r.stdout)
+    assert data["status"] == "ok" and data["iters_done"] == 6 and data["arch"]["num_classes"] == 10
+    assert 0 <= data["miou"] <= 1 and len(data["per_class_iou"]) == 10
+    ckpt = torch.load(weights, weights_only=True)
+    assert ckpt["arch"] == data["arch"] and ckpt["result"]["miou"] == data["miou"]
+
+
+def test_train_failure_exits_nonzero_with_the_reason(run):
+    r = run(
+        "train",
+        "lpsnet_tiny",
+        "--dataset",
+        "synthetic:size=64x128,train=8,val=4",
+        "--iters",
+        "20",
+        "--batch",
+        "2",
+        "--crop",
+        "64x96",
+        "--lr",
+        "1e9",
+        "--quiet",
+    )
+    assert r.exit_code == 1
+    assert "FAILED" in r.output and "loss became" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dataset", "cityscapes:/nonexistent"), "/nonexistent"),
+        (("--dataset", "imagenet"), "unknown dataset 'imagenet'"),
+        (("--dataset", "synthetic:colour=1"), "unknown option 'colour'"),
+        (("--device", "cuda:0"), "CUDA is not available"),
+        (("--crop", "1x1"), "too small"),
+    ],
+)
+def test_train_bad_input_is_one_line(run, args, message):
+    r = run("train", "lpsnet_tiny", "--iters", "1", *args)
+    assert r.exit_code == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import LPSNet, LPSNetArch, get_arch
-from scaler.augment import AugmentConfig, TrainStream
+from scaler.augment import AugmentConfig, TrainStream, colour_jitter, resize_pair
 from scaler.data import DataError, DatasetInfo, SegmentationDataset
 from scaler.errors import UserError
 from scaler.train import (
@@ -108,20 +108,41 @@ def test_data_stream_is_the_same_for_every_architecture():
     aug = AugmentConfig(crop=(32, 48))
     s1, s2 = TrainStream(Stripes(), aug, 20, seed=3), TrainStream(Stripes(), aug, 20, seed=3)
     for k in (0, 7, 19):
-        x1, y1 = s1[k]
-        x2, y2 = s2[k]
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-        assert x1.shape == (3, 32, 48) and y1.shape == (32, 48)
+        x1, y1, j1 = s1[k]
+        x2, y2, j2 = s2[k]
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(j1, j2)
+        assert x1.shape == (3, 32, 48) and y1.shape == (32, 48) and j1.shape == (3,)
+        assert x1.min() >= 0.0 and x1.max() <= 1.0
     assert not torch.equal(TrainStream(Stripes(), aug, 20, seed=4)[0][0], s1[0][0])
+    x, y = TrainStream.collate([s1[0], s1[1]])
+    assert x.shape == (2, 3, 32, 48) and y.shape == (2, 32, 48) and y.dtype == torch.int64
     # Each epoch visits every image once.
     assert sorted(s1.order[:12].tolist()) == list(range(12))
 
 
 def test_crop_larger_than_image_pads_with_ignore():
     aug = AugmentConfig(crop=(100, 120), scale=(1.0, 1.0), flip=0.0, jitter=0.0)
-    x, y = TrainStream(Stripes(size=(48, 64)), aug, 1, seed=0)[0]
+    x, y, _ = TrainStream(Stripes(size=(48, 64)), aug, 1, seed=0)[0]
     assert x.shape == (3, 100, 120)
     assert (y[48:, :] == 255).all() and (y[:, 64:] == 255).all()
+
+
+def test_colour_jitter_is_per_image_and_identity_at_one():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g)
+    same = colour_jitter(images.clone(), torch.ones(2, 3))
+    torch.testing.assert_close(same, images)
+    brighter = colour_jitter(images.clone(), torch.tensor([[1.0, 1.0, 1.0], [0.5, 1.0, 1.0]]))
+    torch.testing.assert_close(brighter[0], images[0])
+    torch.testing.assert_close(brighter[1], images[1] * 0.5)
+
+
+def test_mask_resize_is_nearest():
+    mask = torch.arange(12).view(3, 4)
+    _, up = resize_pair(torch.zeros(3, 3, 4), mask, (6, 8))
+    assert up[::2, ::2].tolist() == mask.tolist() and up[1::2, 1::2].tolist() == mask.tolist()
+    _, down = resize_pair(torch.zeros(3, 3, 4), mask, (3, 2))
+    assert down.tolist() == [[0, 2], [4, 6], [8, 10]]
 
 
 def test_eval_size_resizes_inputs_and_scores_at_label_size():

@@ -1,0 +1,548 @@
+"""Exporting one trial of a run: its architecture, deployable models, weights and a model card.
+
+A trial is chosen by number, as the most accurate within a latency (``max_latency_ms``), or as
+the fastest reaching an mIoU (``min_miou``). Formats:
+
+- ``json``: ``arch.json``, usable as ARCH everywhere (:func:`models.load_arch_json`);
+- ``onnx``: ``model.onnx``, the deploy form (BatchNorm folded) at the run's input size, checked
+  against PyTorch with onnxruntime;
+- ``torchscript``: ``model.torchscript.pt``, the traced deploy form, reloaded and checked;
+- ``pt``: ``weights.pt``, the proxy-trained weights (train form), when the run kept them.
+
+``MODEL_CARD.md`` is always written: architecture, size, latency with its fingerprint, mIoU with
+its training schedule and dataset, and where the trial came from. The ONNX and TorchScript models
+carry the trained weights when the run kept them, else a seeded random initialisation (they are
+then good for deployment and latency tests only), and say which in the card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from models import LPSNet, LPSNetArch, load_arch_json, reparameterize
+from models.lpsnet import FixedUpsample
+
+from .errors import UserError
+from .frontier import open_run, trials_frame
+from .store import RunStore
+
+__all__ = [
+    "FORMATS",
+    "ONNX_OPSET",
+    "ExportError",
+    "ExportResult",
+    "export_trial",
+    "parse_formats",
+    "select_trial",
+]
+
+FORMATS = ("json", "onnx", "torchscript", "pt")
+ONNX_OPSET = 17
+FILE_NAMES = {"json": "arch.json", "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt": "weights.pt"}
+MODEL_CARD = "MODEL_CARD.md"
+# fp32 on the CPU: runtimes differ by reassociation only, far below this.
+ATOL = 1e-5
+RTOL = 1e-4
+
+
+class ExportError(UserError):
+    """A trial that cannot be chosen or exported as asked; the message says why and what is available."""
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """``"json,onnx"`` or ``["json", "onnx"]`` to a tuple of known formats, in the given order.
+
+    Raises:
+        ExportError: An unknown or empty format.
+    """
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    out: list[str] = []
+    for item in (str(i).strip().lower() for i in items):
+        if not item:
+            continue
+        if item not in FORMATS:
+            raise ExportError(f"unknown export format {item!r}; choose from {', '.join(FORMATS)} (comma-separated)")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise ExportError(f"no export format given; choose from {', '.join(FORMATS)}")
+    return tuple(out)
+
+
+def _describe(row: Any) -> str:
+    return f"trial {int(row.number)} at {row.latency_ms:.3f} ms (mIoU {100 * row.miou:.2f}%)"
+
+
+def select_trial(
+    df: pd.DataFrame,
+    *,
+    trial: int | None = None,
+    max_latency_ms: float | None = None,
+    min_miou: float | None = None,
+) -> tuple[int, str]:
+    """Choose the trial to export; exactly one rule must be given.
+
+    Args:
+        df: From :func:`~scaler.frontier.trials_frame`.
+        trial: This trial number (it must be complete; references allowed).
+        max_latency_ms: The best mIoU among complete search trials at most this slow (ties: faster,
+            then lower number).
+        min_miou: The fastest complete search trial reaching this mIoU, a fraction (ties: higher
+            mIoU, then lower number).
+
+    Returns:
+        ``(trial number, why it was chosen)``.
+
+    Raises:
+        ExportError: No rule or several, or no trial qualifies; the message names the closest one.
+    """
+    given = [
+        k for k, v in (("trial", trial), ("max_latency_ms", max_latency_ms), ("min_miou", min_miou)) if v is not None
+    ]
+    if len(given) != 1:
+        raise ExportError(
+            f"choose the trial by exactly one of trial, max_latency_ms or min_miou (got {', '.join(given) or 'none'})"
+        )
+    if trial is not None:
+        rows = df[df["number"] == trial]
+        if rows.empty:
+            span = f"trials 0-{int(df['number'].max())}" if len(df) else "no trials"
+            raise ExportError(f"trial {trial} is not in this run ({span})")
+        row = rows.iloc[0]
+        if row["state"] != "COMPLETE":
+            why = f": {row['fail_reason']}" if isinstance(row["fail_reason"], str) else ""
+            raise ExportError(
+                f"trial {trial} is {row['state']}{why}; export a complete trial (see 'scaler frontier RUN')"
+            )
+        return int(trial), f"trial {trial} as asked"
+    done = df[(df["state"] == "COMPLETE") & df["reference"].isna()]
+    done = done[done["latency_ms"].map(math.isfinite) & done["miou"].map(math.isfinite)]
+    if done.empty:
+        raise ExportError("no complete trial in this run yet")
+    if max_latency_ms is not None:
+        ok = done[done["latency_ms"] <= max_latency_ms]
+        if ok.empty:
+            fastest = done.sort_values(["latency_ms", "miou", "number"], ascending=[True, False, True]).iloc[0]
+            raise ExportError(f"no complete trial within {max_latency_ms:g} ms; the fastest is {_describe(fastest)}")
+        best = ok.sort_values(["miou", "latency_ms", "number"], ascending=[False, True, True]).iloc[0]
+        return int(best["number"]), f"the best mIoU within {max_latency_ms:g} ms"
+    ok = done[done["miou"] >= min_miou]
+    if ok.empty:
+        best = done.sort_values(["miou", "latency_ms", "number"], ascending=[False, True, True]).iloc[0]
+        raise ExportError(f"no complete trial reaches mIoU {100 * min_miou:.2f}%; the best is {_describe(best)}")
+    fastest = ok.sort_values(["latency_ms", "miou", "number"], ascending=[True, False, True]).iloc[0]
+    return int(fastest["number"]), f"the fastest reaching mIoU {100 * min_miou:.2f}%"
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What :func:`export_trial` wrote, and how the exported models were checked."""
+
+    run_dir: Path
+    trial: int
+    selected_by: str
+    arch: LPSNetArch
+    latency_ms: float | None
+    miou: float | None
+    out_dir: Path
+    files: dict[str, Path]
+    model_card: Path
+    checks: dict[str, dict[str, Any]]
+    weights: str
+    input_shape: tuple[int, ...]
+    include_upsample: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": str(self.run_dir),
+            "trial": self.trial,
+            "selected_by": self.selected_by,
+            "arch": self.arch.inline(),
+            "arch_hash": self.arch.arch_hash(),
+            "latency_ms": self.latency_ms,
+            "miou": self.miou,
+            "out_dir": str(self.out_dir),
+            "files": {k: str(v) for k, v in self.files.items()},
+            "model_card": str(self.model_card),
+            "checks": self.checks,
+            "weights": self.weights,
+            "input_shape": list(self.input_shape),
+            "include_upsample": self.include_upsample,
+        }
+
+
+def _weights_path(run_dir: Path, recorded: str) -> Path:
+    """Where the recorded weights are: relative to the run folder, or as recorded (absolute or from the cwd)."""
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    return next((p for p in (run_dir / path, path) if p.is_file()), run_dir / path)
+
+
+def _load_weights(run_dir: Path, recorded: str, arch: LPSNetArch, number: int) -> dict[str, torch.Tensor]:
+    path = _weights_path(run_dir, recorded)
+    if not path.is_file():
+        raise ExportError(f"{path}: trial {number}'s weights file is missing")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for unreadable or unsafe pickles
+        raise ExportError(f"{path}: cannot load the weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise ExportError(f"{path}: expected a dict with 'arch' and 'state_dict'")
+    stored = blob.get("arch")
+    if stored is not None and LPSNetArch.from_dict(stored, source=str(path)) != arch:
+        raise ExportError(f"{path}: holds weights of {LPSNetArch.from_dict(stored).inline()}, not {arch.inline()}")
+    return blob["state_dict"]
+
+
+def _build(arch: LPSNetArch, state_dict: dict[str, torch.Tensor] | None, source: str) -> LPSNet:
+    if state_dict is None:
+        # A fixed seed without touching the caller's global RNG: exports of one trial are identical.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return LPSNet(arch).eval()
+    model = LPSNet(arch)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise ExportError(f"{source}: the weights do not fit {arch.inline()} ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def _check(name: str, out: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
+    out, ref = out.detach().float(), ref.detach().float()
+    if tuple(out.shape) != tuple(ref.shape):
+        path.unlink(missing_ok=True)
+        raise ExportError(f"{path}: {name} output has shape {tuple(out.shape)}, PyTorch's {tuple(ref.shape)}; removed")
+    diff = float((out - ref).abs().max())
+    tol = ATOL + RTOL * float(ref.abs().max())
+    if not diff <= tol:  # also catches NaN
+        path.unlink(missing_ok=True)
+        raise ExportError(f"{path}: {name} output differs from PyTorch's by {diff:.3g} (tolerance {tol:.3g}); removed")
+    return {"max_abs_diff": diff, "tolerance": tol}
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    with warnings.catch_warnings():
+        # The tracer warns that shapes become constants: exactly what a fixed-shape export wants.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=["logits"],
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"image": x.numpy()})
+    check = _check("onnxruntime", torch.from_numpy(out), ref, path)
+    return {**check, "opset": ONNX_OPSET, "onnxruntime": ort.__version__}
+
+
+def _export_torchscript(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        # Tracer and deprecation warnings: a fixed-shape trace is what we ship, and it is checked below.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (x,))
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            out = loaded(x)
+    return _check("reloaded TorchScript", out, ref, path)
+
+
+def _export_pt(arch: LPSNetArch, model: LPSNet, number: int, run_dir: Path, path: Path) -> dict[str, Any]:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"arch": arch.to_dict(), "state_dict": state, "trial": number, "run": str(run_dir)}, path)
+    back = torch.load(path, map_location="cpu", weights_only=True)
+    LPSNet(arch).load_state_dict(back["state_dict"])
+    return {"tensors": len(state)}
+
+
+def export_trial(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    formats: str | Iterable[str] = ("json",),
+    trial: int | None = None,
+    max_latency_ms: float | None = None,
+    min_miou: float | None = None,
+    upsample: bool | None = None,
+    store: RunStore | None = None,
+) -> ExportResult:
+    """Export one trial of the run in ``run_dir`` into ``out_dir``.
+
+    Args:
+        run_dir: The run folder.
+        out_dir: Where the files go (created; files of the same names are replaced).
+        formats: Any of :data:`FORMATS`, as a list or comma-separated.
+        trial, max_latency_ms, min_miou: How to choose the trial; see :func:`select_trial`
+            (``min_miou`` is a fraction).
+        upsample: Whether the exported models end with the upsample to the input size
+            (default: as the run timed them).
+        store: The run's study, if already open.
+
+    Returns:
+        The files written and the checks they passed.
+
+    Raises:
+        ExportError: No qualifying trial, weights asked for but not kept, or an exported model
+            that does not compute what PyTorch computes (that file is removed).
+        UserError: The run cannot be opened or ``out_dir`` cannot be written.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir)
+    fmts = parse_formats(formats)
+    store = store or open_run(run_dir)
+    df = trials_frame(store)
+    number, why = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_miou=min_miou)
+    frozen = next(t for t in store.trials() if t.number == number)
+    attrs = frozen.user_attrs
+    arch = LPSNetArch.from_dict(attrs["arch"], source=f"trial {number}")
+    space = store.get("space") or {}
+    latency = attrs.get("latency") or {}
+    fingerprint = latency.get("fingerprint") or {}
+    shape = tuple(int(v) for v in fingerprint.get("input_shape") or (1, 3, *space.get("input_size", (1024, 2048))))
+    if upsample is None:
+        upsample = bool(
+            fingerprint.get("include_upsample", (space.get("latency") or {}).get("include_upsample", False))
+        )
+    weights_rel = attrs.get("weights")
+    if "pt" in fmts and not weights_rel:
+        raise ExportError(
+            f"trial {number} has no kept weights (the run did not save them); export json, onnx or torchscript instead"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+
+    needs_model = any(f in fmts for f in ("onnx", "torchscript", "pt"))
+    state_dict = None
+    if needs_model and weights_rel:
+        state_dict = _load_weights(run_dir, str(weights_rel), arch, number)
+    files: dict[str, Path] = {}
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        if "json" in fmts:
+            path = out_dir / FILE_NAMES["json"]
+            path.write_text(arch.to_json() + "\n")
+            if load_arch_json(path).arch_hash() != arch.arch_hash():  # pragma: no cover - to_json round-trips
+                raise ExportError(f"{path}: does not read back as {arch.inline()}")
+            files["json"] = path
+        if needs_model:
+            model = _build(arch, state_dict, str(_weights_path(run_dir, str(weights_rel))) if weights_rel else "")
+            deploy = FixedUpsample(reparameterize(model), upsample).eval()
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                ref = deploy(x)
+            for fmt in fmts:
+                if fmt == "json":
+                    continue
+                path = out_dir / FILE_NAMES[fmt]
+                if fmt == "onnx":
+                    checks[fmt] = _export_onnx(deploy, x, ref, path)
+                elif fmt == "torchscript":
+                    checks[fmt] = _export_torchscript(deploy, x, ref, path)
+                else:
+                    checks[fmt] = _export_pt(arch, model, number, run_dir, path)
+                files[fmt] = path
+        card = out_dir / MODEL_CARD
+        card.write_text(
+            _model_card(
+                store, run_dir, number, why, arch, attrs, files, checks, shape, upsample, state_dict is not None
+            )
+        )
+    except OSError as e:
+        raise ExportError(f"{out_dir}: cannot write the export ({e.strerror})") from None
+    row = df[df["number"] == number].iloc[0]
+    return ExportResult(
+        run_dir=run_dir,
+        trial=number,
+        selected_by=why,
+        arch=arch,
+        latency_ms=_finite_or_none(row["latency_ms"]),
+        miou=_finite_or_none(row["miou"]),
+        out_dir=out_dir,
+        files=files,
+        model_card=card,
+        checks=checks,
+        weights="proxy-trained (from the run)"
+        if state_dict is not None
+        else "random initialisation, seed 0 (the run kept no trained weights)",
+        input_shape=shape,
+        include_upsample=upsample,
+    )
+
+
+def _finite_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _model_card(
+    store: RunStore,
+    run_dir: Path,
+    number: int,
+    why: str,
+    arch: LPSNetArch,
+    attrs: dict[str, Any],
+    files: dict[str, Path],
+    checks: dict[str, dict[str, Any]],
+    shape: tuple[int, ...],
+    upsample: bool,
+    trained: bool,
+) -> str:
+    from .complexity import measure_complexity
+
+    space = store.get("space") or {}
+    h, w = int(shape[-2]), int(shape[-1])
+    shape_text = "x".join(map(str, shape))
+    cx = measure_complexity(arch, (h, w), include_upsample=upsample)
+    latency = attrs.get("latency") or {}
+    fp = latency.get("fingerprint") or {}
+    train = attrs.get("train") or {}
+    config = train.get("config") or {}
+    reference = attrs.get("reference")
+    title = f"{reference} measured in run {run_dir.name}" if reference else f"{space.get('name', 'run')} trial {number}"
+    upsample_text = (
+        "with the final upsample to the input size" if upsample else "up to the head's logits (no final upsample)"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"`{arch.inline()}` (arch hash `{arch.arch_hash()}`)",
+        "",
+        f"Exported from run `{run_dir}` (study `{store.study_name}`), trial {number}, chosen as {why}.",
+        "",
+        "## Architecture",
+        "",
+        *_table(
+            ["", *[f"stage {i}" for i in range(1, 6)]],
+            [["depth (blocks)", *arch.depth], ["width (channels)", *arch.width]],
+        ),
+        "",
+        f"- resolution: {', '.join(f'{r:g}' for r in arch.resolution)} ({arch.num_paths} "
+        f"path{'s' if arch.num_paths > 1 else ''}; inputs "
+        f"{', '.join(f'{ph}x{pw}' for ph, pw in cx.path_inputs)} at {h}x{w})",
+        f"- classes: {arch.num_classes}"
+        + (f" ({', '.join(map(str, store.get('class_names')))})" if store.get("class_names") else ""),
+        f"- parameters: {cx.params_train:,} (train form, with BatchNorm); {cx.params_deploy:,} (deploy form)",
+        f"- MACs: {cx.macs / 1e9:.4g} G for one 3x{h}x{w} image, deploy form, "
+        f"{'with the final upsample' if upsample else 'up to the head'} (ptflops {cx.ptflops_version}, "
+        f"backend '{cx.flops_backend}')",
+        f"- head output: {arch.num_classes}x{cx.head_hw[0]}x{cx.head_hw[1]} (output stride 16)",
+        "",
+        "## Latency",
+        "",
+    ]
+    if latency:
+        lines += [
+            f"Median **{latency.get('median_ms', float('nan')):.3f} ms** per forward pass "
+            f"(p10 {latency.get('p10_ms', float('nan')):.3f}, p90 {latency.get('p90_ms', float('nan')):.3f} ms, "
+            f"{latency.get('n_samples', '?')} samples), input {'x'.join(map(str, fp.get('input_shape', shape)))}, "
+            f"{'with' if fp.get('include_upsample') else 'without'} the final upsample.",
+            "",
+            *_table(["fingerprint", "value"], [[k, f"`{v}`"] for k, v in fp.items()]),
+        ]
+        if latency.get("fingerprint_hash"):
+            lines += ["", f"Fingerprint hash `{latency['fingerprint_hash']}`."]
+    else:
+        lines.append("Not measured.")
+    lines += ["", "## Accuracy", ""]
+    miou = train.get("miou")
+    dataset = space.get("dataset") or config.get("dataset") or "unknown"
+    schedule = {**(space.get("training") or {}), **config}
+    if miou is not None:
+        size = space.get("input_size")
+        where = [
+            f"{train['num_val_images']} images" if train.get("num_val_images") else "",
+            f"at {size[0]}x{size[1]}" if size else "",
+        ]
+        where_text = " ".join(w for w in where if w)
+        lines += [
+            f"mIoU **{100 * miou:.2f}%**"
+            + (f" (pixel accuracy {100 * train['pixel_accuracy']:.2f}%)" if train.get("pixel_accuracy") else "")
+            + f" on the validation split of `{dataset}`"
+            + (f" ({where_text})." if where_text else "."),
+            "",
+            "After a short proxy training, the same schedule for every trial of the run: compare it within "
+            "the run, not with fully trained published numbers.",
+            "",
+            *_table(
+                ["schedule", "value"],
+                [[k, f"`{schedule[k]}`"] for k in ("iters", "batch", "crop", "lr", "seed", "device") if k in schedule],
+            ),
+        ]
+        per_class = train.get("per_class_iou") or {}
+        if per_class:
+            lines += [
+                "",
+                *_table(
+                    ["class", "IoU (%)"],
+                    [[n, "-" if v is None else f"{100 * v:.2f}"] for n, v in per_class.items()],
+                ),
+            ]
+    else:
+        lines.append("Not trained.")
+    lines += ["", "## Where it came from", ""]
+    if reference:
+        lines.append(f"The named model `{reference}`, measured in this run for comparison.")
+    else:
+        ops = ", ".join(attrs.get("operators") or []) or "none (the start network)"
+        lines.append(
+            f"Strategy {attrs.get('strategy', '?')}, step {attrs.get('step', '?')}, parent trial "
+            f"{attrs.get('parent') if attrs.get('parent') is not None else '-'}, operators {ops}"
+            + (f" x{attrs['steplen']}" if attrs.get("steplen") else "")
+            + "."
+        )
+    lines += ["", "## Files", ""]
+    weights_text = (
+        "the proxy-trained weights kept by the run"
+        if trained
+        else "a seeded random initialisation (the run did not keep trained weights): for deployment and latency "
+        "tests, not for predictions"
+    )
+    descriptions = {
+        "json": "the architecture; use it as ARCH anywhere (`scaler info arch.json`, `models.load_arch_json`)",
+        "onnx": f"deploy form (BatchNorm folded), opset {ONNX_OPSET}, input `image` float32 {shape_text}, "
+        f"output `logits` {upsample_text}",
+        "torchscript": f"traced deploy form, input float32 {shape_text}, {upsample_text}",
+        "pt": "train-form state dict: `LPSNet(load_arch_json('arch.json')).load_state_dict("
+        "torch.load('weights.pt', weights_only=True)['state_dict'])`",
+    }
+    for fmt, path in files.items():
+        check = checks.get(fmt, {})
+        note = ""
+        if "max_abs_diff" in check:
+            diff, tol = check["max_abs_diff"], check["tolerance"]
+            note = f"; checked against PyTorch: max abs diff {diff:.2e} (tolerance {tol:.2e})"
+        lines.append(f"- `{path.name}`: {descriptions[fmt]}{note}")
+    if any(f in files for f in ("onnx", "torchscript")):
+        lines += ["", f"Weights in the exported models: {weights_text}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,344 @@
+"""Search spaces: a YAML file in, a validated, typed :class:`SearchSpace` out.
+
+Every mistake in the file is one :class:`SpaceError` naming the file, the key and the value. A
+space round-trips to a plain dict (:meth:`SearchSpace.to_dict`), which a run stores so that resuming
+with a different space is caught (:meth:`SearchSpace.diff`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models import ArchError, LPSNetArch, resolve_arch
+
+from .errors import UserError
+from .expand import PAPER_OPERATORS, Constraints, Operator
+from .latency import LatencySettings
+from .train import TrainConfig
+
+__all__ = ["GreedySettings", "SearchSpace", "SpaceError", "Stopping", "load_space", "space_from_dict"]
+
+
+class SpaceError(UserError):
+    """A search-space file that cannot be used; the message names file, key and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopping:
+    """When a search ends (whichever comes first).
+
+    Args:
+        max_steps: Greedy expansion steps.
+        latency_budget_ms: Candidates slower than this are not trained, and the search stops when
+            none is left (``None``: no budget).
+        max_trials: Trained candidates in total, for every strategy (``None``: no limit; the
+            baselines need it).
+    """
+
+    max_steps: int = 14
+    latency_budget_ms: float | None = None
+    max_trials: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            raise ValueError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
+        if self.max_trials is not None and self.max_trials < 1:
+            raise ValueError(f"max_trials must be >= 1, got {self.max_trials}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GreedySettings:
+    """Knobs of the greedy step.
+
+    Args:
+        max_steplen: Most times one operator is applied in one step.
+        noise_floor_ms: Latency differences smaller than this are treated as this in the slope
+            (the measurement cannot tell them apart from zero).
+    """
+
+    max_steplen: int = 32
+    noise_floor_ms: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_steplen < 1:
+            raise ValueError(f"max_steplen must be >= 1, got {self.max_steplen}")
+        if not self.noise_floor_ms > 0:
+            raise ValueError(f"noise_floor_ms must be > 0, got {self.noise_floor_ms}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Everything a search needs: where to start, how to grow, how to measure, when to stop."""
+
+    name: str
+    start: LPSNetArch
+    input_size: tuple[int, int]
+    dataset: str
+    operators: tuple[Operator, ...]
+    constraints: Constraints
+    latency: LatencySettings
+    training: TrainConfig
+    stopping: Stopping
+    greedy: GreedySettings
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (what a run stores); ``description`` is left out (it does not change results)."""
+        latency = dataclasses.asdict(self.latency)
+        latency.pop("input_hw")
+        training = dataclasses.asdict(self.training)
+        for key in ("dataset", "eval_size"):
+            training.pop(key)
+        return {
+            "name": self.name,
+            "start": self.start.to_dict(),
+            "input_size": list(self.input_size),
+            "dataset": self.dataset,
+            "operators": [op.to_dict() for op in self.operators],
+            "constraints": dataclasses.asdict(self.constraints),
+            "latency": _jsonable(latency),
+            "training": _jsonable(training),
+            "stopping": dataclasses.asdict(self.stopping),
+            "greedy": dataclasses.asdict(self.greedy),
+        }
+
+    def space_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def diff(self, stored: dict[str, Any]) -> str | None:
+        """The first key whose value differs from a stored :meth:`to_dict`, as ``key: stored -> now``."""
+        return _first_difference(stored, _jsonable(self.to_dict()), "")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            if d:
+                return d
+        return None
+    return None if a == b else f"{prefix}: {json.dumps(a)} -> {json.dumps(b)}"
+
+
+_TOP_KEYS = (
+    "name",
+    "description",
+    "start",
+    "input_size",
+    "dataset",
+    "operators",
+    "constraints",
+    "latency",
+    "training",
+    "stopping",
+    "greedy",
+)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file.
+
+    Raises:
+        SpaceError: The file is missing, not YAML, or a key is unknown, missing or has a bad value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot read search space ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise SpaceError(f"{path}: not valid YAML{where} ({problem})") from None
+    return space_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path | None = None) -> SearchSpace:
+    """Validate a parsed search space (see :func:`load_space`)."""
+
+    def fail(key: str, message: str) -> SpaceError:
+        return SpaceError(f"{source}: {key}: {message}")
+
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: expected a mapping of keys (name, start, ...), got {type(data).__name__}")
+    _check_keys(data, _TOP_KEYS, "", fail)
+    for required in ("name", "start", "input_size", "dataset"):
+        if required not in data:
+            raise fail(required, "missing (required)")
+    name = data["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", f"must be a non-empty string, got {name!r}")
+    input_size = _hw(data["input_size"], "input_size", fail)
+    dataset = data["dataset"]
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise fail("dataset", f"must be a dataset SPEC string such as 'synthetic', got {dataset!r}")
+    start = _start(data["start"], base_dir, fail)
+    operators = _operators(data.get("operators", "paper"), fail)
+    constraints = _section(Constraints, data.get("constraints"), "constraints", fail)
+    if constraints.violation(start):
+        raise fail("start", f"{start.inline()} breaks the constraints: {constraints.violation(start)}")
+    latency = _section(LatencySettings, data.get("latency"), "latency", fail, fixed={"input_hw": input_size})
+    try:
+        start.check_input_size(*input_size)
+    except ValueError as e:
+        raise fail("input_size", str(e)) from None
+    training = _section(
+        TrainConfig, data.get("training"), "training", fail, fixed={"dataset": dataset.strip(), "eval_size": input_size}
+    )
+    stopping = _section(Stopping, data.get("stopping"), "stopping", fail)
+    greedy = _section(GreedySettings, data.get("greedy"), "greedy", fail)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", f"must be a string, got {description!r}")
+    return SearchSpace(
+        name=name.strip(),
+        start=start,
+        input_size=input_size,
+        dataset=dataset.strip(),
+        operators=operators,
+        constraints=constraints,
+        latency=latency,
+        training=training,
+        stopping=stopping,
+        greedy=greedy,
+        description=description.strip(),
+    )
+
+
+def _check_keys(data: dict, allowed: tuple[str, ...] | list[str], prefix: str, fail: Any) -> None:
+    for key in data:
+        if key not in allowed:
+            raise fail(f"{prefix}{key}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _hw(value: Any, key: str, fail: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            value = [int(p) for p in parts]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    raise fail(key, f"must be HxW such as 256x512 (or [H, W]), got {value!r}")
+
+
+def _start(value: Any, base_dir: Path | None, fail: Any) -> LPSNetArch:
+    try:
+        if isinstance(value, dict):
+            return LPSNetArch.from_dict(value, source="start")
+        if not isinstance(value, str):
+            raise fail("start", f"must be an ARCH (name, inline spec or arch.json path), got {value!r}")
+        spec = value.strip()
+        if base_dir is not None and spec.endswith(".json") and not Path(spec).is_absolute():
+            spec = str(base_dir / spec)
+        return resolve_arch(spec)
+    except ArchError as e:
+        raise fail("start", str(e)) from None
+
+
+def _operators(value: Any, fail: Any) -> tuple[Operator, ...]:
+    if value == "paper":
+        return PAPER_OPERATORS
+    if not isinstance(value, list) or not value:
+        raise fail("operators", f"must be 'paper' or a non-empty list of operators, got {value!r}")
+    ops: list[Operator] = []
+    for i, item in enumerate(value):
+        key = f"operators[{i}]"
+        if isinstance(item, str):
+            match = [op for op in PAPER_OPERATORS if op.name == item]
+            if not match:
+                names = ", ".join(op.name for op in PAPER_OPERATORS)
+                raise fail(key, f"unknown operator {item!r} (the method's are: {names})")
+            ops.append(match[0])
+            continue
+        if not isinstance(item, dict):
+            raise fail(key, f"must be an operator name or a mapping, got {item!r}")
+        _check_keys(item, ("name", "kind", "delta", "path", "step"), f"{key}.", fail)
+        try:
+            ops.append(Operator(**item))
+        except (TypeError, ValueError) as e:
+            raise fail(key, str(e)) from None
+    names = [op.name for op in ops]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise fail("operators", f"operator name {dupes[0]!r} used twice")
+    return tuple(ops)
+
+
+def _section(cls: type, value: Any, section: str, fail: Any, fixed: dict[str, Any] | None = None) -> Any:
+    fixed = fixed or {}
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise fail(section, f"must be a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    _check_keys(value, allowed, f"{section}.", fail)
+    kwargs = dict(fixed)
+    for key, raw in value.items():
+        kwargs[key] = _convert(raw, hints[key], f"{section}.{key}", fail)
+    try:
+        return cls(**kwargs)
+    except (UserError, ValueError, TypeError) as e:
+        message = str(e)
+        for prefix in ("training config: ",):
+            message = message.removeprefix(prefix)
+        raise fail(section, message) from None
+
+
+def _convert(raw: Any, hint: Any, key: str, fail: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(raw, inner[0], key, fail)
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise fail(key, f"must be true or false, got {raw!r}")
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise fail(key, f"must be an integer, got {raw!r}")
+        return raw
+    if hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise fail(key, f"must be a number, got {raw!r}")
+        return float(raw)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise fail(key, f"must be a string, got {raw!r}")
+        return raw
+    if origin is tuple and args == (int, int):
+        return _hw(raw, key, fail)
+    if origin is tuple and args == (float, float):
+        if (
+            isinstance(raw, (list, tuple))
+            and len(raw) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+        ):
+            return float(raw[0]), float(raw[1])
+        raise fail(key, f"must be two numbers [low, high], got {raw!r}")
+    raise fail(key, f"unsupported value {raw!r}")  # pragma: no cover - every field type is handled above

@@ -1,0 +1,340 @@
+"""A run's persistent state: one Optuna study holding every candidate as a trial.
+
+- params: the architecture (``d1..d5``, ``w1..w5``, ``r1..r3``; ``r`` zero for a missing path);
+- values: ``(latency ms, mIoU)`` with directions (minimize, maximize);
+- user attributes: ``arch`` (JSON), ``arch_hash``, ``step``, ``parent``, ``operators``, ``steplen``,
+  ``strategy``, ``latency`` (statistics and fingerprint), ``train`` (training statistics),
+  ``fail_reason``, worker ``owner`` and ``heartbeat``.
+
+Candidates are added as WAITING trials; any process (the search itself, or ``scaler worker`` on
+another host) claims one atomically by moving it to RUNNING, records a heartbeat while training,
+and finishes it as COMPLETE or FAIL. A RUNNING trial whose worker died (its process is gone, or its
+heartbeat is stale) is failed and re-queued once more by the search process.
+
+The default storage is a journal file in the run folder; a ``postgresql://`` (or any SQLAlchemy)
+URL puts the study in a database for several hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from models import LPSNetArch
+
+from .errors import UserError
+from .expand import Constraints
+
+__all__ = [
+    "JOURNAL_NAME",
+    "Claim",
+    "RunStore",
+    "StorageError",
+    "arch_from_params",
+    "arch_params",
+    "distributions",
+    "open_storage",
+]
+
+JOURNAL_NAME = "study.journal"
+HEARTBEAT_INTERVAL_S = 10.0
+STALE_AFTER_S = 60.0
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class StorageError(UserError):
+    """The study's storage cannot be opened (bad URL, unreachable server, unwritable folder)."""
+
+
+def distributions(constraints: Constraints) -> dict[str, Any]:
+    """The parameter space every strategy shares, so samplers and greedy trials live in one study."""
+    step = constraints.width_divisor
+    dists: dict[str, Any] = {f"d{i + 1}": IntDistribution(1, constraints.max_depth) for i in range(5)}
+    dists.update(
+        {
+            f"w{i + 1}": IntDistribution(step, constraints.max_width - constraints.max_width % step, step=step)
+            for i in range(5)
+        }
+    )
+    dists.update({f"r{i + 1}": FloatDistribution(0.0, constraints.max_resolution) for i in range(3)})
+    return dists
+
+
+def arch_params(arch: LPSNetArch) -> dict[str, Any]:
+    res = [*arch.resolution, *([0.0] * (3 - len(arch.resolution)))]
+    params: dict[str, Any] = {f"d{i + 1}": d for i, d in enumerate(arch.depth)}
+    params.update({f"w{i + 1}": w for i, w in enumerate(arch.width)})
+    params.update({f"r{i + 1}": float(r) for i, r in enumerate(res)})
+    return params
+
+
+def arch_from_params(params: dict[str, Any], num_classes: int) -> LPSNetArch:
+    return LPSNetArch(
+        depth=[int(params[f"d{i + 1}"]) for i in range(5)],
+        width=[int(params[f"w{i + 1}"]) for i in range(5)],
+        resolution=[float(params[f"r{i + 1}"]) for i in range(3)],
+        num_classes=num_classes,
+    )
+
+
+def open_storage(url: str | None, run_dir: Path | None) -> optuna.storages.BaseStorage:
+    """The journal file in ``run_dir`` (default), or the database at ``url``.
+
+    Raises:
+        StorageError: One line saying what could not be opened and why.
+    """
+    if url is None or url == "journal":
+        if run_dir is None:
+            raise StorageError("no storage: give --out RUN_DIR or --storage URL")
+        path = run_dir / JOURNAL_NAME
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
+            )
+        except OSError as e:
+            raise StorageError(f"{path}: cannot open the run's journal ({e.strerror})") from None
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith(("journal:", "file:")):
+        path = Path(url.split(":", 1)[1])
+        backend = optuna.storages.journal.JournalFileBackend(
+            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
+        )
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return _rdb_storage(url)
+    except ImportError as e:
+        missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "a database driver"
+        hint = (
+            " (for PostgreSQL: pip install 'lps-scaler[postgres]', which brings psycopg)" if "postgres" in url else ""
+        )
+        raise StorageError(f"storage {_redact(url)}: the database driver {missing!r} is not installed{hint}") from None
+    except Exception as e:  # SQLAlchemy raises many types for bad URLs and unreachable servers
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageError(f"storage {_redact(url)} is unreachable or invalid: {first}") from None
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)}
+            )
+        except Exception as e:
+            # Processes that open a fresh database at once race to create Optuna's tables; the
+            # losers see a unique violation and succeed once the tables exist.
+            text = str(e)
+            if attempt + 1 < attempts and ("UniqueViolation" in text or "already exists" in text):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    return {"connect_timeout": 10} if url.startswith("postgresql") else {}
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+@dataclasses.dataclass
+class Claim:
+    """A trial this process owns until it calls :meth:`RunStore.complete` or :meth:`RunStore.fail`."""
+
+    number: int
+    trial_id: int
+    arch: LPSNetArch
+    attrs: dict[str, Any]
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped by its parent) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class RunStore:
+    """One run's study: add candidates, claim and finish them, read everything back.
+
+    Args:
+        storage: From :func:`open_storage`.
+        study_name: The study (created if missing).
+        num_classes: Classes of the networks (params do not carry it).
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, num_classes: int) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.num_classes = num_classes
+        try:
+            # Loading first: create_study(load_if_exists=True) appends to a journal even when the study exists.
+            self.study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            self.study = optuna.create_study(
+                storage=storage, study_name=study_name, directions=["minimize", "maximize"], load_if_exists=True
+            )
+        self._study_id = storage.get_study_id_from_name(study_name)
+
+    @classmethod
+    def load(cls, storage: optuna.storages.BaseStorage, study_name: str) -> RunStore:
+        """Open an existing study; its classes come from the stored space.
+
+        Raises:
+            StorageError: No such study in the storage.
+        """
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise StorageError(
+                f"no study named {study_name!r} in this storage (found: {', '.join(names) or 'none'})"
+            ) from None
+        space = study.user_attrs.get("space") or {}
+        return cls(storage, study_name, int(space.get("num_classes", 0)) or 19)
+
+    # -- study-level records -------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.study.user_attrs.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, value)
+
+    # -- adding and reading candidates ---------------------------------------------------------
+
+    def add(self, arch: LPSNetArch, dists: dict[str, Any], attrs: dict[str, Any]) -> int:
+        """Queue ``arch`` for training; returns the trial number."""
+        trial = optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=arch_params(arch),
+            distributions=dists,
+            user_attrs={"arch": arch.to_dict(), "arch_hash": arch.arch_hash(), **attrs},
+        )
+        self.study.add_trial(trial)
+        return self.study.get_trials(deepcopy=False)[-1].number
+
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Atomically take one WAITING trial (moving it to RUNNING), or ``None`` if there is none."""
+        for t in self.storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            self.storage.set_trial_user_attr(t._trial_id, "owner", _owner())
+            self.storage.set_trial_user_attr(t._trial_id, "heartbeat", time.time())
+            arch = LPSNetArch.from_dict(t.user_attrs["arch"])
+            return Claim(number=t.number, trial_id=t._trial_id, arch=arch, attrs=dict(t.user_attrs))
+        return None
+
+    @contextlib.contextmanager
+    def heartbeat(self, claim: Claim, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iterator[None]:
+        """Record a heartbeat for ``claim`` every ``interval_s`` seconds while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval_s):
+                with contextlib.suppress(Exception):  # a missed beat is retried at the next interval
+                    self.storage.set_trial_user_attr(claim.trial_id, "heartbeat", time.time())
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{claim.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def complete(self, claim: Claim, latency_ms: float, miou: float, attrs: dict[str, Any]) -> bool:
+        """Record a finished evaluation. ``False`` if the trial was already finished (reaped)."""
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(claim.trial_id, key, _jsonable(value))
+        try:
+            self.study.tell(claim.number, values=[latency_ms, miou])
+        except (UpdateFinishedTrialError, RuntimeError, ValueError):
+            return False
+        return True
+
+    def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> bool:
+        for key, value in (attrs or {}).items():
+            self.storage.set_trial_user_attr(claim.trial_id, key, _jsonable(value))
+        self.storage.set_trial_user_attr(claim.trial_id, "fail_reason", reason)
+        try:
+            self.study.tell(claim.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError, ValueError):
+            return False
+        return True
+
+    # -- the search process: dead workers -------------------------------------------------------
+
+    def reap_stale(self, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> list[int]:
+        """Fail and re-queue RUNNING trials whose worker is gone. Call from one process only (the search).
+
+        A worker on this host is gone when its process no longer exists; one elsewhere when its
+        heartbeat is older than ``stale_after_s``. Returns the numbers of the re-queued copies.
+        """
+        now = time.time() if now is None else now
+        host = socket.gethostname()
+        requeued = []
+        for t in self.trials(states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("owner") or {}
+            beat = float(t.user_attrs.get("heartbeat", 0.0))
+            if owner.get("host") == host:
+                dead = not _pid_alive(int(owner.get("pid", -1)))
+            else:
+                dead = now - beat > stale_after_s
+            if not dead:
+                continue
+            why = f"worker {owner.get('host')}:{owner.get('pid')} died (last heartbeat {now - beat:.0f} s ago)"
+            self.storage.set_trial_user_attr(t._trial_id, "fail_reason", why)
+            try:
+                self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue
+            attrs = {k: v for k, v in t.user_attrs.items() if k not in ("owner", "heartbeat", "fail_reason")}
+            attrs["retry_of"] = t.number
+            requeued.append(self.add(LPSNetArch.from_dict(t.user_attrs["arch"]), t.distributions, attrs))
+        return requeued
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,483 @@
+"""Behaviour of the latency measurement, its disk cache and ``scaler bench`` (CPU only; no timings asserted)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import scaler.latency as latency
+from models import LPSNet, get_arch
+from scaler.cli import main
+from scaler.errors import UserError
+from scaler.latency import (
+    LatencyCache,
+    LatencyResult,
+    LatencySettings,
+    cache_key,
+    fingerprint_hash,
+    make_fingerprint,
+    measure_latency,
+)
+
+HW = (64, 128)
+# Few samples and one thread: these tests check behaviour, not timings, and one thread does not
+# stall when other processes hold the cores (an OpenMP team waits for its slowest member).
+FAST = {"warmup": 1, "min_samples": 3, "max_samples": 8, "time_cap_s": 2.0, "threads": 1}
+TINY = "lpsnet_tiny"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_and_isolated(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    # Never touch the user's real cache from a test.
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "default-cache"))
+
+
+def tiny(**kwargs) -> LatencyResult:
+    return measure_latency(TINY, **{"input_hw": HW, **FAST, **kwargs})
+
+
+def scripted_times(monkeypatch, values):
+    """Make every timed CPU run return the next of ``values`` (cycling) instead of a real time."""
+    it = iter(values)
+
+    def fake(self) -> float:
+        self.model(self.x)
+        return next(it)
+
+    monkeypatch.setattr(latency._TorchCPU, "time_once", fake)
+
+
+# --------------------------------------------------------------------------- the result
+
+
+def test_result_fields_are_consistent():
+    r = tiny()
+    assert r.min_ms <= r.p10_ms <= r.median_ms <= r.p90_ms
+    assert 1 <= r.n_samples <= FAST["max_samples"] and len(r.samples_ms) == r.n_samples
+    assert r.iqr_ms >= 0 and r.mean_ms > 0
+    assert r.rel_spread == pytest.approx(r.iqr_ms / r.median_ms)
+    assert r.stable == (r.stop_reason == "stable")
+    if r.stable:
+        assert r.n_samples >= FAST["min_samples"] and r.rel_spread <= r.rule["target_rel_spread"]
+    assert r.rule["spread_statistic"] == "iqr/median"
+    fp = r.fingerprint
+    assert fp["device"] == "cpu" and fp["backend"] == "torch" and fp["timer"] == "perf_counter"
+    assert fp["threads"] == 1 and fp["dtype"] == "fp32" and fp["batch"] == 1
+    assert fp["input_shape"] == [1, 3, *HW]
+    assert fp["deploy"] is True and fp["include_upsample"] is False and fp["channels_last"] is False
+    assert fp["device_name"] and fp["torch"] == torch.__version__ and fp["host"]
+    assert fp["cpu_allocator"] == latency.cpu_allocator() == latency.steady_cpu_allocator()
+    assert r.fingerprint_hash == fingerprint_hash(fp)
+    assert r.arch == get_arch(TINY) and not r.from_cache and r.output_max_abs_diff is None
+    assert r.cache_key.startswith(get_arch(TINY).arch_hash() + "-" + r.fingerprint_hash)
+    data = json.loads(json.dumps(r.to_dict()))
+    assert LatencyResult.from_dict(data) == r
+    assert "no final upsample" in r.describe_setup() and "1 threads" in r.describe_setup()
+
+
+def test_stable_samples_stop_at_min_samples(monkeypatch):
+    scripted_times(monkeypatch, [2.0] * 100)
+    r = tiny(min_samples=5, max_samples=50)
+    assert r.stable and r.stop_reason == "stable" and r.n_samples == 5
+    assert r.median_ms == r.p10_ms == r.p90_ms == 2.0 and r.iqr_ms == 0
+
+
+def test_noisy_samples_run_to_max_samples(monkeypatch):
+    scripted_times(monkeypatch, [1.0, 3.0] * 100)
+    r = tiny(min_samples=4, max_samples=12, target_rel_spread=0.05)
+    assert not r.stable and r.stop_reason == "max_samples" and r.n_samples == 12
+    assert r.samples_ms == (1.0, 3.0) * 6 and r.median_ms == 2.0 and r.p10_ms == 1.0 and r.p90_ms == 3.0
+
+
+def test_time_cap_stops_sampling(monkeypatch):
+    def slow(self) -> float:
+        time.sleep(0.05)
+        return 5.0  # perfectly stable, but min_samples is never reached within the cap
+
+    monkeypatch.setattr(latency._TorchCPU, "time_once", slow)
+    r = tiny(min_samples=50, max_samples=100, time_cap_s=0.2)
+    assert r.stop_reason == "time_cap" and not r.stable and 1 <= r.n_samples < 50
+
+
+def test_threads_and_collector_restored_after_success_and_failure(monkeypatch):
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    r = tiny(threads=other)
+    assert r.fingerprint["threads"] == other
+    assert torch.get_num_threads() == before and gc.isenabled()
+
+    def boom(self) -> float:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(latency._TorchCPU, "time_once", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny(threads=other)
+    assert torch.get_num_threads() == before and gc.isenabled()
+
+
+def test_default_threads_are_torchs_current_count():
+    assert tiny(threads=None).fingerprint["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("deploy", [True, False])
+def test_deploy_and_train_form(deploy):
+    r = tiny(deploy=deploy)
+    assert r.fingerprint["deploy"] is deploy and r.median_ms > 0
+    assert ("deploy form" in r.describe_setup()) is deploy
+
+
+def test_model_argument_is_not_changed():
+    model = LPSNet(get_arch(TINY)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = measure_latency(model, input_hw=HW, dtype="bf16", channels_last=True, **FAST)
+    assert r.arch == model.arch and r.fingerprint["dtype"] == "bf16"
+    assert model.training and not model.deploy
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert model.head.weight.is_contiguous()
+    deployed = LPSNet(get_arch(TINY), deploy=True)
+    assert measure_latency(deployed, input_hw=HW, **FAST).fingerprint["deploy"] is True
+    with pytest.raises(UserError, match="already in deploy form"):
+        measure_latency(deployed, input_hw=HW, deploy=False, **FAST)
+
+
+def test_channels_last_bf16_batch_and_inline_arch():
+    arch = get_arch(TINY)
+    r = measure_latency(arch.inline(), input_hw=HW, channels_last=True, dtype="bf16", batch=2, **FAST)
+    fp = r.fingerprint
+    assert fp["channels_last"] is True and fp["dtype"] == "bf16" and fp["input_shape"] == [2, 3, *HW]
+    assert "channels_last" in r.describe_setup()
+
+
+def test_include_upsample_changes_fingerprint_and_key():
+    a = tiny()
+    b = tiny(include_upsample=True)
+    assert b.fingerprint["include_upsample"] is True and "with the final upsample" in b.describe_setup()
+    assert a.fingerprint_hash != b.fingerprint_hash and a.cache_key != b.cache_key
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def test_onnxruntime_backend_runs_and_checks_its_output():
+    pytest.importorskip("onnxruntime")
+    r = tiny(backend="onnxruntime")
+    fp = r.fingerprint
+    assert fp["backend"] == "onnxruntime" and fp["execution_provider"] == "CPUExecutionProvider"
+    assert fp["backend_version"] and fp["onnx_opset"] == latency.ONNX_OPSET
+    assert r.output_max_abs_diff is not None and r.output_max_abs_diff < 1e-4
+    assert r.median_ms > 0 and "onnxruntime" in r.describe_setup()
+
+
+def test_onnxruntime_output_mismatch_fails_clearly(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    before = torch.get_num_threads()
+    monkeypatch.setattr(latency, "_OUTPUT_RTOL", {"fp32": -1.0, "fp16": -1.0, "bf16": -1.0})
+    with pytest.raises(UserError, match=r"onnxruntime .* output differs from PyTorch's") as info:
+        tiny(backend="onnxruntime")
+    assert "\n" not in str(info.value)
+    assert torch.get_num_threads() == before
+
+
+def test_tensorrt_not_installed_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails even where TensorRT exists
+    with pytest.raises(UserError, match="TensorRT is not installed") as info:
+        tiny(backend="tensorrt")
+    assert "\n" not in str(info.value) and "pip install tensorrt" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "cuda"}, "CUDA is not available"),
+        ({"device": "cuda:1", "backend": "cudagraph"}, "CUDA is not available"),
+        ({"backend": "cudagraph"}, "cudagraph backend runs on CUDA only"),
+        ({"dtype": "fp16"}, "fp16 runs on CUDA only"),
+        ({"backend": "onnxruntime", "channels_last": True}, "--channels-last applies to"),
+        ({"backend": "onnxruntime", "dtype": "bf16"}, "does not run bf16"),
+        ({"backend": "tvm"}, "unknown latency backend 'tvm'"),
+        ({"dtype": "int8"}, "unknown dtype 'int8'"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"batch": 0}, "batch must be an integer >= 1"),
+        ({"min_samples": 9, "max_samples": 3}, r"max_samples \(3\) must be >= min_samples \(9\)"),
+        ({"time_cap_s": 0}, "time_cap_s must be a number > 0"),
+        ({"input_hw": (1, 1)}, "input 1x1 is too small for resolution factor 0.5"),
+        ({"input_hw": (0, 64)}, "input size must be two integers >= 1"),
+    ],
+)
+def test_bad_requests_are_one_line_user_errors(monkeypatch, kwargs, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=message) as info:
+        tiny(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@pytest.fixture
+def count_measurements(monkeypatch):
+    calls = []
+    real = latency._measure
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "_measure", counting)
+    return calls
+
+
+def test_cache_hit_returns_same_numbers_without_measuring(tmp_path, count_measurements):
+    cache = LatencyCache(tmp_path / "cache")
+    first = tiny(cache=cache)
+    assert len(count_measurements) == 1 and not first.from_cache
+    assert cache.keys() == [first.cache_key]
+    second = tiny(cache=cache)
+    assert len(count_measurements) == 1 and second.from_cache
+    assert dataclasses.replace(second, from_cache=False) == first
+    fresh = tiny(cache=cache, refresh=True)
+    assert len(count_measurements) == 2 and not fresh.from_cache
+    assert cache.get(first.cache_key) == dataclasses.replace(fresh, from_cache=True)
+    assert len(cache) == 1
+
+
+def test_no_cache_argument_never_stores(tmp_path, count_measurements):
+    tiny()
+    tiny()
+    assert len(count_measurements) == 2
+    assert not (tmp_path / "default-cache").exists()
+
+
+def test_cache_key_depends_on_arch_fingerprint_and_rule():
+    base = LatencySettings(input_hw=HW, threads=2)
+    arch = get_arch(TINY)
+    fp = make_fingerprint(base)
+    key = cache_key(arch, fp, base.rule())
+    assert key == cache_key(arch, make_fingerprint(base), base.rule())
+    assert cache_key(get_arch("lpsnet_s"), fp, base.rule()) != key
+    assert cache_key(dataclasses.replace(arch, num_classes=5), fp, base.rule()) != key
+    for change in (
+        {"threads": 1},
+        {"dtype": "bf16"},
+        {"batch": 2},
+        {"input_hw": (64, 64)},
+        {"channels_last": True},
+        {"include_upsample": True},
+        {"deploy": False},
+        {"backend": "onnxruntime"},
+    ):
+        other = dataclasses.replace(base, **change)
+        assert cache_key(arch, make_fingerprint(other), other.rule()) != key, change
+    for change in ({"min_samples": 20}, {"target_rel_spread": 0.01}, {"time_cap_s": 1.0}, {"warmup": 0}):
+        other = dataclasses.replace(base, **change)
+        assert cache_key(arch, make_fingerprint(other), other.rule()) != key, change
+    moved = {**fp, "host": "another-host", "python": "3.99"}
+    assert fingerprint_hash(moved) == fingerprint_hash(fp)
+    assert fingerprint_hash({**fp, "device_name": "another CPU"}) != fingerprint_hash(fp)
+
+
+def test_corrupt_entry_is_a_miss_and_gets_replaced(tmp_path, count_measurements):
+    cache = LatencyCache(tmp_path)
+    first = tiny(cache=cache)
+    path = cache.entry_path(first.cache_key)
+    path.write_text('{"format": 1, "key": "trunc')
+    assert cache.get(first.cache_key) is None
+    again = tiny(cache=cache)
+    assert len(count_measurements) == 2 and not again.from_cache
+    assert cache.get(first.cache_key) is not None
+
+
+def test_unwritable_cache_is_a_user_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=r"cannot write the latency cache in .*a-file"):
+        tiny(cache=LatencyCache(blocker / "cache"))
+
+
+def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "here"))
+    assert LatencyCache().path == tmp_path / "here"
+    monkeypatch.delenv(latency.CACHE_ENV)
+    assert LatencyCache().path == Path.home() / ".cache" / "lps-scaler" / "latency"
+
+
+_WRITER = textwrap.dedent(
+    """
+    import json, sys
+    from scaler.latency import LatencyCache, LatencyResult
+    cache = LatencyCache(sys.argv[1])
+    base = LatencyResult.from_dict(json.loads(open(sys.argv[2]).read()))
+    tag = sys.argv[3]
+    for i in range(150):
+        shared = base.cache_key
+        own = base.cache_key[:-4] + format(i, "04x") + tag
+        cache.put(shared, base)
+        cache.put(own, base)
+        assert cache.get(shared) is not None
+    """
+)
+
+
+def test_concurrent_writers_do_not_corrupt_the_cache(tmp_path):
+    result = tiny()
+    src = tmp_path / "result.json"
+    src.write_text(json.dumps(result.to_dict()))
+    root = tmp_path / "shared-cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(src), tag], env=env, stderr=subprocess.PIPE)
+        for tag in ("a", "b")
+    ]
+    cache = LatencyCache(root)
+    while any(p.poll() is None for p in procs):
+        hit = cache.get(result.cache_key)
+        if hit is not None:
+            assert hit.samples_ms == result.samples_ms
+        time.sleep(0.002)
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    keys = cache.keys()
+    assert len(keys) == 1 + 2 * 150
+    for key in keys:
+        assert cache.get(key) == dataclasses.replace(result, from_cache=True)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+# --------------------------------------------------------------------------- many calls in one process
+
+
+def test_repeated_calls_release_everything(monkeypatch):
+    built: list[weakref.ref] = []
+    real_build = latency._build_model
+
+    def tracking_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(latency, "_build_model", tracking_build)
+    few = {"warmup": 0, "min_samples": 2, "max_samples": 2, "threads": 1}
+    for _ in range(10):  # first-call caches (CPU name, lazy imports, allocator pools) fill here
+        measure_latency(TINY, input_hw=(32, 64), **few)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(200):
+            measure_latency(TINY, input_hw=(32, 64), **few)
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert end - start < 256 * 1024, f"Python memory grew by {(end - start) / 1024:.0f} KiB over 200 calls"
+    assert len(built) == 210 and all(ref() is None for ref in built), "a network outlived its measurement"
+
+
+def test_networks_are_freed_without_the_cyclic_collector(monkeypatch):
+    built: list[weakref.ref] = []
+    real_build = latency._build_model
+    monkeypatch.setattr(latency, "_build_model", lambda *a, **k: _track(real_build(*a, **k), built))
+    gc.disable()
+    try:
+        for backend in ("torch", "onnxruntime"):
+            measure_latency(TINY, input_hw=(32, 64), backend=backend, **{**FAST, "warmup": 0, "max_samples": 3})
+        alive = [ref for ref in built if ref() is not None]
+    finally:
+        gc.enable()
+    assert not alive
+
+
+def _track(model, refs):
+    refs.append(weakref.ref(model))
+    return model
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def bench(tmp_path):
+    runner = CliRunner()
+    cache_dir = tmp_path / "cli-cache"
+
+    def invoke(*args: str):
+        argv = ["bench", *args, "--input", "64x128", "--warmup", "1", "--min-samples", "3", "--max-samples", "6"]
+        if "--threads" not in args:
+            argv += ["--threads", "1"]
+        return runner.invoke(main, [*argv, "--cache-dir", str(cache_dir)], catch_exceptions=False)
+
+    return invoke
+
+
+def test_cli_text_then_cache_then_no_cache(bench):
+    r = bench(TINY)
+    assert r.exit_code == 0, r.output
+    out = r.output
+    for text in ("median", "p10", "p90", "IQR", "n=", "stable", "cpu", "fp32", "1x3x64x128"):
+        assert text in out, text
+    assert "deploy form (BatchNorm folded)" in out and "no final upsample" in out and "measured now" in out
+    assert "torch" in out and "1 threads" in out
+    again = bench(TINY)
+    assert again.exit_code == 0 and "from the cache" in again.output
+    assert again.output.splitlines()[1] == out.splitlines()[1]  # the same median line
+    fresh = bench(TINY, "--no-cache")
+    assert fresh.exit_code == 0 and "measured now (--no-cache)" in fresh.output
+
+
+def test_cli_json(bench):
+    r = bench(TINY, "--json", "--with-upsample", "--train-form", "--classes", "5")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["name"] == TINY and data["arch"]["num_classes"] == 5
+    assert data["fingerprint"]["include_upsample"] is True and data["fingerprint"]["deploy"] is False
+    assert data["p10_ms"] <= data["median_ms"] <= data["p90_ms"]
+    assert len(data["samples_ms"]) == data["n_samples"] <= 6
+    assert data["from_cache"] is False and Path(data["cache_entry"]).is_file()
+    assert json.loads(bench(TINY, "--json", "--with-upsample", "--train-form", "--classes", "5").output)["from_cache"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "tensorrt"], "TensorRT is not installed"),
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--backend", "cudagraph"], "cudagraph backend runs on CUDA only"),
+        (["--dtype", "fp16"], "fp16 runs on CUDA only"),
+        (["--device", "gpu0"], "unknown device 'gpu0'"),
+        (["--backend", "nope"], "Invalid value for '--backend'"),
+    ],
+)
+def test_cli_errors_are_one_line(bench, monkeypatch, args, message):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = bench(TINY, *args)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_cli_input_too_small_and_bad_arch(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["bench", TINY, "--input", "1x1", "--cache-dir", str(tmp_path)])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "error: input 1x1 is too small for resolution factor 0.5 (path input would be 0x0); use a larger input"
+    )
+    r = runner.invoke(main, ["bench", "lpsnet_huge", "--cache-dir", str(tmp_path)])
+    assert r.exit_code == 2 and r.stderr.startswith("error: unknown architecture 'lpsnet_huge'")

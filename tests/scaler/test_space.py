@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models import get_arch
+from scaler.expand import PAPER_OPERATORS
+from scaler.space import SpaceError, load_space, space_from_dict
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+
+MINIMAL = """\
+name: t
+start: lpsnet_tiny
+input_size: 64x128
+dataset: synthetic:size=64x128,train=8,val=4
+"""
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", ["lpsnet_demo.yaml", "lpsnet_paper.yaml"])
+def test_shipped_spaces_load(name):
+    space = load_space(SPACES / name)
+    assert space.start == get_arch("lpsnet_tiny")
+    assert space.operators == PAPER_OPERATORS
+    assert space.training.eval_size == space.input_size
+    assert space.latency.input_hw == space.input_size
+
+
+def test_paper_space_is_the_papers_setting():
+    space = load_space(SPACES / "lpsnet_paper.yaml")
+    assert space.input_size == (1024, 2048)
+    assert space.stopping.max_steps == 14
+    assert space.dataset.startswith("cityscapes:")
+    assert space.latency.batch == 1 and space.latency.dtype == "fp32" and not space.latency.include_upsample
+
+
+def test_minimal_space_defaults(tmp_path):
+    space = load_space(_write(tmp_path, MINIMAL))
+    assert space.name == "t" and space.input_size == (64, 128)
+    assert space.constraints.max_paths == 3 and space.greedy.noise_floor_ms == 0.05
+    assert space.training.dataset == "synthetic:size=64x128,train=8,val=4"
+
+
+def test_round_trip_through_to_dict(tmp_path):
+    space = load_space(SPACES / "lpsnet_demo.yaml")
+    again = space_from_dict(space.to_dict())
+    assert again.to_dict() == space.to_dict()
+    assert again.space_hash() == space.space_hash()
+    assert space.diff(space.to_dict()) is None
+
+
+def test_diff_names_the_first_changed_key(tmp_path):
+    a = load_space(_write(tmp_path, MINIMAL + "training: {iters: 10}\n"))
+    b = load_space(_write(tmp_path, MINIMAL + "training: {iters: 20}\n"))
+    assert b.diff(a.to_dict()) == "training.iters: 10 -> 20"
+
+
+def test_operators_by_name_and_custom(tmp_path):
+    text = MINIMAL + (
+        "operators:\n  - depth_2-5\n  - {name: wide_last, kind: width, delta: [0, 0, 0, 0, 16]}\n"
+        "  - {name: half_path, kind: resolution, path: 2, step: 0.25}\n"
+    )
+    ops = load_space(_write(tmp_path, text)).operators
+    assert [op.name for op in ops] == ["depth_2-5", "wide_last", "half_path"]
+    assert ops[1].delta == (0, 0, 0, 0, 16) and ops[2].step == 0.25
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("colour: red\n", "colour: unknown key (allowed: name, description, start"),
+        ("latency: {threads: two}\n", "latency.threads: must be an integer, got 'two'"),
+        ("latency: {backend: tvm}\n", "latency: unknown latency backend 'tvm'"),
+        ("latency: {input_hw: 1x1}\n", "latency.input_hw: unknown key"),
+        ("training: {crop: 12}\n", "training.crop: must be HxW such as 256x512"),
+        ("training: {iters: 0}\n", "training: iters must be >= 1, got 0"),
+        ("training: {dataset: x}\n", "training.dataset: unknown key"),
+        ("stopping: {max_steps: 0}\n", "stopping: max_steps must be >= 1, got 0"),
+        ("constraints: {max_paths: 4}\n", "constraints: max_paths must be 1..3, got 4"),
+        ("constraints: {width_divisor: 8}\n", "start: lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5 breaks the constraints"),
+        ("operators: [depth_9]\n", "operators[0]: unknown operator 'depth_9'"),
+        ("operators: [depth_2-5, depth_2-5]\n", "operator name 'depth_2-5' used twice"),
+        ("operators: [{name: z, kind: width, delta: [0, 0, 0, 0, 0]}]\n", "operators[0]: operator 'z'"),
+        ("greedy: {noise_floor_ms: 0}\n", "greedy: noise_floor_ms must be > 0"),
+    ],
+)
+def test_bad_values_name_file_key_and_value(tmp_path, extra, message):
+    p = _write(tmp_path, MINIMAL + extra)
+    with pytest.raises(SpaceError) as e:
+        load_space(p)
+    text = str(e.value)
+    assert text.startswith(f"{p}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: t\nstart: lpsnet_tiny\ndataset: synthetic\n", "input_size: missing (required)"),
+        ("name: t\nstart: lpsnet_xl\ninput_size: 64x128\ndataset: synthetic\n", "start: unknown architecture"),
+        ("name: t\nstart: lpsnet_tiny\ninput_size: 1x2\ndataset: synthetic\n", "input_size: input 1x2 is too small"),
+        ("name: [t\n", "not valid YAML at line"),
+        ("- a\n- b\n", "expected a mapping of keys"),
+    ],
+)
+def test_bad_files(tmp_path, text, message):
+    with pytest.raises(SpaceError, match=None) as e:
+        load_space(_write(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(SpaceError, match="cannot read search space"):
+        load_space("/nonexistent/space.yaml")
+
+
+def test_start_arch_json_relative_to_the_space_file(tmp_path):
+    (tmp_path / "start.json").write_text(get_arch("lpsnet_m").to_json())
+    text = MINIMAL.replace("start: lpsnet_tiny", "start: start.json")
+    assert load_space(_write(tmp_path, text)).start == get_arch("lpsnet_m")
