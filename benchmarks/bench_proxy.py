@@ -65,7 +65,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/proxy_fidelity")
+    p.add_argument("--render-only", action="store_true", help="Rewrite <out>.md from an existing <out>.json.")
     args = p.parse_args()
+    if args.render_only:
+        render(Path(args.out))
+        return
     torch.set_num_threads(args.threads)
     crop = tuple(int(v) for v in args.crop.split("x"))
     specs = args.arch or DEFAULT_ARCHS
@@ -114,21 +118,30 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    render(out)
+
+
+def render(out: Path) -> None:
+    """Write ``<out>.md`` from ``<out>.json``."""
+    report = json.loads(out.with_suffix(".json").read_text())
+    st, rows, tau = report["settings"], report["rows"], report["kendall_tau_b"]
+    ok = [r for r in rows if r["short"]["status"] == "ok" and r["long"]["status"] == "ok"]
     md = [
         "# Proxy fidelity and capacity on `synthetic`",
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {machine_line(report['machine'])}. Recipe: SGD lr {args.lr}, batch {args.batch}, crop "
-        f"{crop[0]}x{crop[1]}, seed {args.seed}; evaluation on the val split at {eval_size[0]}x{eval_size[1]}. "
-        f"Short schedule {args.short} iterations, long schedule {args.short * args.factor}.",
+        f"Machine: {machine_line(report['machine'])}. Recipe: SGD lr {st['lr']}, batch {st['batch']}, crop "
+        f"{st['crop'][0]}x{st['crop'][1]}, seed {st['seed']}; evaluation on the val split at "
+        f"{st['eval_size'][0]}x{st['eval_size'][1]}. Short schedule {st['short_iters']} iterations, long schedule "
+        f"{st['long_iters']}. Seconds are wall time on a shared machine.",
         "",
-        "| arch | GMACs | mIoU short | mIoU long | s short | s long |",
+        "| arch | MMACs at eval size | mIoU short | mIoU long | s short | s long |",
         "|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r["gmacs_at_eval_size"]):
         md.append(
-            f"| `{r['arch']}` | {r['gmacs_at_eval_size']:.3f} | {_pct(r['short'])} | {_pct(r['long'])} | "
+            f"| `{r['arch']}` | {1000 * r['gmacs_at_eval_size']:.1f} | {_pct(r['short'])} | {_pct(r['long'])} | "
             f"{r['short']['seconds']:.0f} | {r['long']['seconds']:.0f} |"
         )
     md += ["", f"Kendall tau-b between the short and long rankings ({len(ok)} architectures): **{tau:.3f}**.", ""]
