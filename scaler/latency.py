@@ -1064,7 +1064,8 @@ def measure_latency(
 
     Nothing survives the call but the result (and the cache entry): the network, inputs, sessions,
     engines and graphs are released, and the thread count and ``cudnn.benchmark`` are restored,
-    so the search can call this thousands of times in one process.
+    so the search can call this thousands of times in one process. The one lasting change: a CPU
+    measurement switches glibc's malloc to keep freed memory (:func:`steady_cpu_allocator`).
 
     Args:
         arch_or_model: Any ARCH spelling (see :func:`models.resolve_arch`) or an :class:`LPSNet`
