@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from torch.utils import benchmark
 from models import LPSNet, get_arch, reparameterize
 from scaler.errors import UserError
 from scaler.latency import measure_latency, steady_cpu_allocator
+from scaler.machine_load import OthersCPU, wait_for_quiet
 
 GPU_MODELS = ("lpsnet_s", "lpsnet_m", "lpsnet_l")
 GPU_BACKENDS = ("torch", "cudagraph", "onnxruntime", "tensorrt")
@@ -47,76 +47,25 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def _cpu_times() -> tuple[int, int]:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]), idle
-
-
-def busy_share(window_s: float = 1.0) -> float:
-    """Share of all CPUs busy over ``window_s`` while this process sleeps: other processes' load."""
-    try:
-        total0, idle0 = _cpu_times()
-        time.sleep(window_s)
-        total1, idle1 = _cpu_times()
-    except (OSError, ValueError, IndexError):  # not Linux: cannot tell, assume quiet
-        return 0.0
-    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
-
-
-def wait_for_quiet(threshold: float, max_wait_s: float) -> dict[str, float]:
-    """Wait (up to ``max_wait_s``) until other processes use less than ``threshold`` of the CPUs.
-
-    On a shared machine another process on the same cores stalls an OpenMP team at every barrier,
-    which turns a 3 ms forward pass into 140 ms; measuring then says nothing about either tool.
-    """
-    start = time.perf_counter()
-    busy = busy_share()
-    while busy > threshold and time.perf_counter() - start < max_wait_s:
-        busy = busy_share(2.0)
-    return {"busy_share": round(busy, 3), "waited_s": round(time.perf_counter() - start, 1)}
-
-
-def _own_cpu_s() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for `scaler bench` processes
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-class OthersCPU:
-    """Share of all CPUs that other processes used while the ``with`` block ran (``.share``)."""
-
-    share = 0.0
-
-    def __enter__(self) -> OthersCPU:
-        self._own = _own_cpu_s()
-        try:
-            self._cpu = _cpu_times()
-        except (OSError, ValueError, IndexError):
-            self._cpu = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._cpu is None:
-            return
-        total1, idle1 = _cpu_times()
-        tick = os.sysconf("SC_CLK_TCK")
-        total = (total1 - self._cpu[0]) / tick
-        busy = total - (idle1 - self._cpu[1]) / tick
-        self.share = max(0.0, busy - (_own_cpu_s() - self._own)) / max(total, 1e-9)
+def wait_quiet(threshold: float, max_wait_s: float) -> dict[str, Any]:
+    """:func:`scaler.machine_load.wait_for_quiet`, as the record a round keeps."""
+    busy, waited = wait_for_quiet(threshold, max_wait_s, window_s=1.0)
+    return {"busy_share": None if busy is None else round(busy, 3), "waited_s": round(waited, 1)}
 
 
 def clean_round(step: Callable[[], Any], quiet: dict[str, float], retries: int) -> tuple[Any, dict[str, Any]]:
     """Run ``step`` on a quiet machine; run it again (up to ``retries`` times) if others got busy meanwhile."""
     discarded = []
     for attempt in range(retries + 1):
-        before = wait_for_quiet(**quiet)
-        with OthersCPU() as during:
+        before = wait_quiet(**quiet)
+        # Waited-for `scaler bench` child processes are this benchmark's own work.
+        with OthersCPU(children=True) as during:
             value = step()
-        if during.share <= quiet["threshold"] or attempt == retries:
+        share = during.share or 0.0
+        if share <= quiet["threshold"] or attempt == retries:
             break
-        discarded.append(round(during.share, 3))
-    return value, {**before, "others_share": round(during.share, 3), "discarded_for_others_share": discarded}
+        discarded.append(round(share, 3))
+    return value, {**before, "others_share": round(share, 3), "discarded_for_others_share": discarded}
 
 
 def fidelity(

@@ -369,7 +369,8 @@ def search_cmd(
     space = load_space(space_file)
 
     def log(message: str) -> None:
-        if not quiet and not as_json:
+        # Warnings reach stderr even with --quiet or --json (stdout keeps only the summary).
+        if message.startswith("warning:") or not (quiet or as_json):
             click.echo(message, err=True)
 
     summary = run_search(
@@ -508,6 +509,16 @@ def worker_cmd(
     show_default=True,
     help="Stop sampling after this many seconds.",
 )
+@click.option(
+    "--max-load",
+    type=click.FloatRange(min=0, max=1),
+    default=0.2,
+    show_default=True,
+    metavar="SHARE",
+    help="CPU only: while other processes use more than this share of all CPUs, wait for a quiet "
+    "machine and measure again (twice at most); a result still taken under load is flagged and "
+    "not cached. 1 turns the check off.",
+)
 @click.option("--no-cache", is_flag=True, help="Measure even if the cache holds this result, and replace the entry.")
 @click.option(
     "--cache-dir",
@@ -533,6 +544,7 @@ def bench_cmd(
     max_samples: int,
     target_spread: float,
     time_cap: float,
+    max_load: float,
     no_cache: bool,
     cache_dir: str | None,
     as_json: bool,
@@ -562,6 +574,7 @@ def bench_cmd(
         max_samples=max_samples,
         target_rel_spread=target_spread,
         time_cap_s=time_cap,
+        max_others_share=None if max_load >= 1 else max_load,
         cache=cache,
         refresh=no_cache,
     )
@@ -577,6 +590,8 @@ def bench_cmd(
         stable = f"no: stopped at {limit} with IQR/median {r.rel_spread:.1%} > {target:.1%}"
     if r.from_cache:
         source = f"from the cache (measured {r.measured_at}; --no-cache measures again): {entry}"
+    elif r.under_load:
+        source = "not stored: measured under load"
     else:
         source = f"measured now{' (--no-cache)' if no_cache else ''}, stored in {entry}"
     lines = [
@@ -588,7 +603,16 @@ def bench_cmd(
         f"  fingerprint  {r.fingerprint_hash}  (host {r.fingerprint['host']})",
         f"  cache        {source}",
     ]
+    if r.others_cpu_share is not None and not r.fingerprint["device"].startswith("cuda"):
+        retried = f", measured again {r.load_retries}x after waiting" if r.load_retries else ""
+        lines.insert(-2, f"  other load   others used {r.others_cpu_share:.0%} of the CPUs meanwhile{retried}")
     click.echo("\n".join(lines))
+    if r.under_load:
+        click.echo(
+            f"warning: other processes used {r.others_cpu_share:.0%} of the CPUs during the measurement (limit "
+            f"{max_load:.0%}), even after waiting for them: this latency is likely inflated; stop them and run again",
+            err=True,
+        )
 
 
 @main.command("frontier")

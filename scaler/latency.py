@@ -61,11 +61,13 @@ from torch import nn
 from models import LPSNet, LPSNetArch, reparameterize, resolve_arch
 
 from .errors import UserError
+from .machine_load import OthersCPU, wait_for_quiet
 
 __all__ = [
     "BACKENDS",
     "CACHE_ENV",
     "DTYPES",
+    "LOAD_GUARD_KEYS",
     "ONNX_OPSET",
     "SPREAD_STATISTIC",
     "LatencyCache",
@@ -92,6 +94,11 @@ DEFAULT_MIN_SAMPLES = 10
 DEFAULT_MAX_SAMPLES = 200
 DEFAULT_TARGET_REL_SPREAD = 0.05
 DEFAULT_TIME_CAP_S = 10.0
+DEFAULT_MAX_OTHERS_SHARE = 0.2
+DEFAULT_LOAD_RETRIES = 2
+DEFAULT_QUIET_WAIT_S = 10.0
+# LatencySettings fields that say how to cope with a busy CPU (not in the fingerprint or the rule).
+LOAD_GUARD_KEYS = ("max_others_share", "load_retries", "quiet_wait_s")
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Largest allowed |runtime - torch| relative to max |torch output|: generous enough for TF32 and
@@ -137,6 +144,12 @@ class LatencySettings:
         target_rel_spread: Stop once IQR / median of the samples is at most this.
         time_cap_s: Stop sampling after this many seconds (warm-up and building not counted); at
             least one sample is always taken.
+        max_others_share: CPU only: the share (0-1) of all CPUs other processes may use while a
+            measurement runs. Above it the measurement is taken again after waiting for a quiet
+            machine; one still taken under load is flagged (``under_load``) and never cached.
+            ``None`` turns the check off. Changes how a measurement is taken, not what it measures.
+        load_retries: Measurements taken again at most, when others were busy.
+        quiet_wait_s: Longest wait for a quiet machine before each such repeat.
 
     Raises:
         UserError: A value is malformed or out of range; the message names it.
@@ -156,6 +169,9 @@ class LatencySettings:
     max_samples: int = DEFAULT_MAX_SAMPLES
     target_rel_spread: float = DEFAULT_TARGET_REL_SPREAD
     time_cap_s: float = DEFAULT_TIME_CAP_S
+    max_others_share: float | None = DEFAULT_MAX_OTHERS_SHARE
+    load_retries: int = DEFAULT_LOAD_RETRIES
+    quiet_wait_s: float = DEFAULT_QUIET_WAIT_S
 
     def __post_init__(self) -> None:
         hw = self.input_hw
@@ -182,10 +198,16 @@ class LatencySettings:
         _check_int("max_samples", self.max_samples, 1)
         if self.max_samples < self.min_samples:
             raise UserError(f"max_samples ({self.max_samples}) must be >= min_samples ({self.min_samples})")
-        for name in ("target_rel_spread", "time_cap_s"):
+        for name in ("target_rel_spread", "time_cap_s", "quiet_wait_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise UserError(f"{name} must be a number > 0, got {v!r}")
+        _check_int("load_retries", self.load_retries, 0)
+        share = self.max_others_share
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1
+        ):
+            raise UserError(f"max_others_share must be a number in [0, 1] or null, got {share!r}")
 
     @property
     def is_cuda(self) -> bool:
@@ -216,6 +238,9 @@ class LatencyResult:
     (``stop_reason`` is then ``"stable"``) or sampling stopped at ``"max_samples"`` or
     ``"time_cap"``. ``fingerprint`` names what was measured; ``fingerprint["include_upsample"]``
     says whether the final upsample is in the time. Do not mutate ``fingerprint``.
+    ``others_cpu_share`` is the share of all CPUs that other processes used while it was measured
+    (``None``: unknown); ``under_load`` says it was over the settings' ``max_others_share`` even
+    after waiting, so the times are likely inflated (such a result is not cached).
     """
 
     arch: LPSNetArch
@@ -238,6 +263,9 @@ class LatencyResult:
     elapsed_s: float
     output_max_abs_diff: float | None = None
     from_cache: bool = False
+    others_cpu_share: float | None = None
+    under_load: bool = False
+    load_retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; :meth:`from_dict` inverts it."""
@@ -263,6 +291,9 @@ class LatencyResult:
             "elapsed_s": self.elapsed_s,
             "output_max_abs_diff": self.output_max_abs_diff,
             "from_cache": self.from_cache,
+            "others_cpu_share": self.others_cpu_share,
+            "under_load": self.under_load,
+            "load_retries": self.load_retries,
             "samples_ms": list(self.samples_ms),
         }
 
@@ -315,6 +346,9 @@ class LatencyResult:
             elapsed_s=float(data["elapsed_s"]),
             output_max_abs_diff=None if data.get("output_max_abs_diff") is None else float(data["output_max_abs_diff"]),
             from_cache=bool(data.get("from_cache", False)),
+            others_cpu_share=None if data.get("others_cpu_share") is None else float(data["others_cpu_share"]),
+            under_load=bool(data.get("under_load", False)),
+            load_retries=int(data.get("load_retries", 0)),
         )
 
 
@@ -1057,6 +1091,9 @@ def measure_latency(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     target_rel_spread: float = DEFAULT_TARGET_REL_SPREAD,
     time_cap_s: float = DEFAULT_TIME_CAP_S,
+    max_others_share: float | None = DEFAULT_MAX_OTHERS_SHARE,
+    load_retries: int = DEFAULT_LOAD_RETRIES,
+    quiet_wait_s: float = DEFAULT_QUIET_WAIT_S,
     cache: LatencyCache | None = None,
     refresh: bool = False,
 ) -> LatencyResult:
@@ -1072,7 +1109,8 @@ def measure_latency(
             (its weights are used; the caller's module is not changed). An architecture is built
             with seeded random weights.
         input_hw, device, batch, dtype, backend, threads, channels_last, include_upsample, deploy,
-        warmup, min_samples, max_samples, target_rel_spread, time_cap_s: See :class:`LatencySettings`.
+        warmup, min_samples, max_samples, target_rel_spread, time_cap_s, max_others_share,
+        load_retries, quiet_wait_s: See :class:`LatencySettings`.
         cache: Where to look the result up first and store it after; ``None`` measures and stores
             nothing. Keyed by architecture, fingerprint and stopping rule (not by weights).
         refresh: Measure even when ``cache`` holds the result, and replace the entry.
@@ -1101,6 +1139,9 @@ def measure_latency(
         max_samples=max_samples,
         target_rel_spread=target_rel_spread,
         time_cap_s=time_cap_s,
+        max_others_share=max_others_share,
+        load_retries=load_retries,
+        quiet_wait_s=quiet_wait_s,
     )
     return _measure_with(arch_or_model, settings, cache=cache, refresh=refresh)
 
@@ -1135,7 +1176,8 @@ def _measure_with(
             return hit
     started = time.perf_counter()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    samples, reason, diff = _measure(arch, given, s)
+    samples, reason, diff, others, retries = _measure_guarded(arch, given, s)
+    under_load = not s.is_cuda and s.max_others_share is not None and others is not None and others > s.max_others_share
     ordered = sorted(samples)
     result = LatencyResult(
         arch=arch,
@@ -1157,7 +1199,29 @@ def _measure_with(
         measured_at=measured_at,
         elapsed_s=time.perf_counter() - started,
         output_max_abs_diff=diff,
+        others_cpu_share=None if others is None else round(others, 3),
+        under_load=under_load,
+        load_retries=retries,
     )
-    if cache is not None:
+    if cache is not None and not under_load:
         cache.put(key, result)
     return result
+
+
+def _measure_guarded(
+    arch: LPSNetArch, given: LPSNet | None, s: LatencySettings
+) -> tuple[list[float], str, float | None, float | None, int]:
+    """:func:`_measure`, taken again (after waiting for a quiet machine) while others kept the CPUs busy.
+
+    Returns the last attempt's samples, stop reason and output difference, the share of the CPUs
+    others used during it, and how many attempts were discarded.
+    """
+    guard = None if s.is_cuda else s.max_others_share
+    retries = 0
+    while True:
+        with OthersCPU() as others:
+            samples, reason, diff = _measure(arch, given, s)
+        if guard is None or others.share is None or others.share <= guard or retries >= s.load_retries:
+            return samples, reason, diff, others.share, retries
+        retries += 1
+        wait_for_quiet(guard, s.quiet_wait_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from .data import open_dataset
 from .errors import UserError
 from .frontier import open_run
 from .latency import LatencyCache, measure_latency
+from .machine_load import busy_share
 from .space import SearchSpace, space_from_dict
 from .store import JOURNAL_NAME, Claim, RunStore, StorageError, arch_params, distributions, open_storage
 from .strategies import Decision, SearchContext, TrialRecord, make_strategy
@@ -222,38 +224,30 @@ def run_search(
 
         def latency(arch: LPSNetArch) -> dict[str, Any]:
             t = time.perf_counter()
-            s = space.latency
-            result = measure_latency(
-                arch,
-                input_hw=s.input_hw,
-                device=s.device,
-                batch=s.batch,
-                dtype=s.dtype,
-                backend=s.backend,
-                threads=s.threads,
-                channels_last=s.channels_last,
-                include_upsample=s.include_upsample,
-                deploy=s.deploy,
-                warmup=s.warmup,
-                min_samples=s.min_samples,
-                max_samples=s.max_samples,
-                target_rel_spread=s.target_rel_spread,
-                time_cap_s=s.time_cap_s,
-                cache=cache,
-            )
+            result = measure_latency(arch, **dataclasses.asdict(space.latency), cache=cache)
             timings["latency"] += time.perf_counter() - t
             d = result.to_dict()
             d.pop("samples_ms", None)
+            if d.get("under_load"):
+                log(
+                    f"warning: the latency of {arch.inline()} ({d['median_ms']:.2f} ms) was measured while other "
+                    f"processes used {d['others_cpu_share']:.0%} of the CPUs, even after waiting for them; it is "
+                    "likely inflated and is not cached"
+                )
             return d
 
+        _warn_if_busy(space, log)
+        bars = _SearchBars(space, strategy, progress)
+        log = functools.partial(bars.write, log)
         ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log)
         strat = make_strategy(strategy, space, seed=seed, batch=max(1, workers))
         dists = distributions(space.constraints)
         weights_dir = run_dir / "weights" if keep_weights else None
         procs = _start_workers(workers, run_dir, storage_url, study_name, weights_dir)
         try:
-            reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress)
+            reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress, bars)
         finally:
+            bars.close()
             for p in procs:
                 p.terminate()
             for p in procs:
@@ -276,6 +270,94 @@ def run_search(
     )
 
 
+class _SearchBars:
+    """Progress bars over the search: steps (greedy) or trained trials (baselines), and the current
+    step's candidates. Training bars of single candidates appear below them.
+
+    Everything shown is computed from the run's trials, so a resumed search starts where it stood.
+    """
+
+    def __init__(self, space: SearchSpace, strategy: str, enabled: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.space = space
+        self.greedy = strategy == "greedy"
+        # tqdm's disable=None hides the bars when stderr is not a terminal (logs, CI).
+        disable = None if enabled is None else not enabled
+        common = {"disable": disable, "dynamic_ncols": True, "file": sys.stderr}
+        if self.greedy:
+            self.main = tqdm(total=space.stopping.max_steps, desc="steps", unit="step", position=0, **common)
+            self.step = tqdm(total=1, desc="candidates", unit="cand", position=1, leave=False, **common)
+        else:
+            total = space.stopping.max_trials or 0
+            self.main = tqdm(total=total, desc=f"{strategy} trials", unit="trial", position=0, **common)
+            self.step = None
+        self._tqdm = tqdm
+        self._current: int | None = None
+
+    def write(self, log: Callable[[str], None], message: str) -> None:
+        """Log ``message`` without tearing the bars."""
+        with self._tqdm.external_write_mode(file=sys.stderr):
+            log(message)
+
+    def update(self, history: list[TrialRecord]) -> None:
+        done = [t for t in history if not t.pending]
+        best = max((t for t in done if t.complete), key=lambda t: t.miou or 0.0, default=None)
+        if best is not None:
+            self.main.set_postfix_str(
+                f"best mIoU {100 * (best.miou or 0):.1f} at {best.latency_ms:.2f} ms", refresh=False
+            )
+        if not self.greedy:
+            trained = [t for t in done if not t.attrs.get("over_budget") and "retry_of" not in t.attrs]
+            _set(self.main, len(trained))
+            return
+        current = max((t.step for t in history if t.step is not None), default=0)
+        in_step = [t for t in _latest(history) if t.step == current]
+        finished = sum(not t.pending for t in in_step)
+        # A step counts once all its candidates are back (step 0, the start network, is not counted).
+        _set(self.main, max(0, min(self.main.total, current if finished == len(in_step) else current - 1)))
+        assert self.step is not None
+        if current != self._current:  # a new step: its own count, rate and elapsed time
+            self._current = current
+            self.step.reset(total=max(1, len(in_step)))
+            self.step.set_description_str(f"step {current} candidates" if current else "start network", refresh=False)
+        self.step.total = max(1, len(in_step))
+        _set(self.step, finished)
+
+    def close(self) -> None:
+        if self.step is not None:
+            self.step.close()
+        self.main.close()
+
+
+def _set(bar: Any, n: int) -> None:
+    if n != bar.n:
+        bar.n = n
+        bar.refresh()
+
+
+def _latest(history: list[TrialRecord]) -> list[TrialRecord]:
+    """One record per architecture and step: a re-queued candidate replaces its dead attempt."""
+    out: dict[tuple[str, int | None], TrialRecord] = {}
+    for t in sorted(history, key=lambda t: t.number):
+        out[(t.arch_hash, t.step)] = t
+    return list(out.values())
+
+
+def _warn_if_busy(space: SearchSpace, log: Callable[[str], None]) -> None:
+    """Say so before a search whose CPU latencies other processes would distort."""
+    guard = space.latency.max_others_share
+    if space.latency.is_cuda or guard is None:
+        return
+    busy = busy_share(0.5)
+    if busy is not None and busy > guard:
+        log(
+            f"warning: other processes are using {busy:.0%} of the CPUs; each CPU latency measurement will "
+            f"wait up to {space.latency.quiet_wait_s:g} s for them (at most {space.latency.load_retries} times) "
+            "and flag the result if they go on; stop them for trustworthy latencies"
+        )
+
+
 def _loop(
     store: RunStore,
     strat: Any,
@@ -288,12 +370,14 @@ def _loop(
     timings: dict[str, float],
     log: Callable[[str], None],
     progress: bool | None,
+    bars: _SearchBars,
 ) -> str:
     budget = space.stopping.latency_budget_ms
     while True:
         for number in store.reap_stale():
             log(f"a worker died; its candidate is queued again as trial #{number}")
         history = [TrialRecord.from_trial(t) for t in store.trials()]
+        bars.update(history)
         decision: Decision = strat.propose(history, ctx)
         if decision.kind == "done":
             log(f"search finished: {decision.reason}")

@@ -22,7 +22,7 @@ from models import ArchError, LPSNetArch, resolve_arch
 
 from .errors import UserError
 from .expand import PAPER_OPERATORS, Constraints, Operator
-from .latency import LatencySettings
+from .latency import LOAD_GUARD_KEYS, LatencySettings
 from .train import TrainConfig
 
 __all__ = ["GreedySettings", "SearchSpace", "SpaceError", "Stopping", "load_space", "space_from_dict"]
@@ -96,7 +96,10 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (what a run stores); ``description`` is left out (it does not change results)."""
         latency = dataclasses.asdict(self.latency)
-        latency.pop("input_hw")
+        # How a measurement copes with a busy machine changes how it is taken, not what it measures:
+        # not part of what identifies a run (a run may be resumed with another setting).
+        for key in ("input_hw", *LOAD_GUARD_KEYS):
+            latency.pop(key)
         training = dataclasses.asdict(self.training)
         for key in ("dataset", "eval_size"):
             training.pop(key)

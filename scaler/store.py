@@ -316,7 +316,14 @@ class RunStore:
         host = socket.gethostname()
         requeued = []
         for t in self.trials(states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("owner") or {}
+            owner = t.user_attrs.get("owner")
+            if owner is None:
+                # Claimed a moment ago: the worker moves the trial to RUNNING first and names itself
+                # right after. Only a claim left unnamed for long is a worker that died in between.
+                started = t.datetime_start.timestamp() if t.datetime_start is not None else 0.0
+                if now - started <= stale_after_s:
+                    continue
+                owner = {}
             beat = float(t.user_attrs.get("heartbeat", 0.0))
             if owner.get("host") == host:
                 dead = not _pid_alive(int(owner.get("pid", -1)))

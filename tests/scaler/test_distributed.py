@@ -130,7 +130,9 @@ def _count_by_hash(store: RunStore) -> collections.Counter:
 def _check_each_candidate_once(store: RunStore) -> set[int]:
     trials = store.trials()
     assert trials, "no trials"
-    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials
+    ]
     assert set(_count_by_hash(store).values()) == {1}
     return {t.user_attrs["owner"]["pid"] for t in trials}
 

@@ -35,7 +35,9 @@ from scaler.latency import (
 HW = (64, 128)
 # Few samples and one thread: these tests check behaviour, not timings, and one thread does not
 # stall when other processes hold the cores (an OpenMP team waits for its slowest member).
-FAST = {"warmup": 1, "min_samples": 3, "max_samples": 8, "time_cap_s": 2.0, "threads": 1}
+# The load guard is off here (tests of it script the load): the cache tests must not depend on what
+# else runs on the machine.
+FAST = {"warmup": 1, "min_samples": 3, "max_samples": 8, "time_cap_s": 2.0, "threads": 1, "max_others_share": None}
 TINY = "lpsnet_tiny"
 
 
@@ -481,3 +483,123 @@ def test_cli_input_too_small_and_bad_arch(tmp_path):
     )
     r = runner.invoke(main, ["bench", "lpsnet_huge", "--cache-dir", str(tmp_path)])
     assert r.exit_code == 2 and r.stderr.startswith("error: unknown architecture 'lpsnet_huge'")
+
+
+# --------------------------------------------------------------------------- load guard
+
+
+class ScriptedLoad:
+    """Stands in for OthersCPU: each measurement sees the next share of ``shares``."""
+
+    def __init__(self, shares):
+        self.shares = list(shares)
+        self.waits = []
+
+    def others(self):
+        load = self
+
+        class _Others:
+            share = None
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.share = load.shares.pop(0)
+
+        return _Others()
+
+    def wait(self, threshold, max_wait_s):
+        self.waits.append((threshold, max_wait_s))
+        return 0.0, 0.0
+
+
+@pytest.fixture
+def scripted_load(monkeypatch):
+    def install(shares):
+        load = ScriptedLoad(shares)
+        monkeypatch.setattr(latency, "OthersCPU", load.others)
+        monkeypatch.setattr(latency, "wait_for_quiet", load.wait)
+        return load
+
+    return install
+
+
+def test_busy_machine_is_waited_out_and_measured_again(tmp_path, scripted_load, count_measurements):
+    load = scripted_load([0.6, 0.05])
+    cache = LatencyCache(tmp_path / "c")
+    r = tiny(cache=cache, max_others_share=0.2, quiet_wait_s=3.0)
+    assert len(count_measurements) == 2 and load.waits == [(0.2, 3.0)]
+    assert r.others_cpu_share == 0.05 and not r.under_load and r.load_retries == 1
+    assert cache.keys() == [r.cache_key]
+    again = LatencyResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again.others_cpu_share == 0.05 and again.load_retries == 1 and not again.under_load
+
+
+def test_measurement_still_under_load_is_flagged_and_not_cached(tmp_path, scripted_load, count_measurements):
+    load = scripted_load([0.9, 0.7, 0.5, 0.0])
+    cache = LatencyCache(tmp_path / "c")
+    r = tiny(cache=cache, max_others_share=0.2, load_retries=2)
+    assert len(count_measurements) == 3 and len(load.waits) == 2
+    assert r.under_load and r.others_cpu_share == 0.5 and r.load_retries == 2
+    assert len(cache) == 0 and r.to_dict()["under_load"] is True
+    # The next call measures again rather than trusting the flagged number.
+    assert not tiny(cache=cache, max_others_share=0.2).under_load
+    assert len(cache) == 1
+
+
+def test_load_guard_off_measures_once_and_records_the_share(scripted_load, count_measurements):
+    load = scripted_load([0.9])
+    r = tiny(max_others_share=None)
+    assert len(count_measurements) == 1 and load.waits == []
+    assert r.others_cpu_share == 0.9 and not r.under_load
+
+
+def test_load_guard_settings_do_not_change_the_cache_key(scripted_load):
+    scripted_load([0.0, 0.0])
+    a = tiny(max_others_share=0.1, load_retries=0)
+    b = tiny(max_others_share=0.5, load_retries=3, quiet_wait_s=1.0)
+    assert a.cache_key == b.cache_key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_others_share": 1.5}, "max_others_share must be a number in [0, 1] or null, got 1.5"),
+        ({"max_others_share": True}, "max_others_share must be a number in [0, 1] or null, got True"),
+        ({"load_retries": -1}, "load_retries must be an integer >= 0, got -1"),
+        ({"quiet_wait_s": 0}, "quiet_wait_s must be a number > 0, got 0"),
+    ],
+)
+def test_load_guard_settings_are_checked(kwargs, message):
+    with pytest.raises(UserError) as e:
+        LatencySettings(input_hw=HW, **kwargs)
+    assert str(e.value) == message
+
+
+def test_cli_bench_reports_the_load_and_warns(tmp_path, scripted_load):
+    scripted_load([0.7, 0.6, 0.55])
+    out = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            TINY,
+            "--input",
+            "32x64",
+            "--threads",
+            "1",
+            "--min-samples",
+            "3",
+            "--max-samples",
+            "5",
+            "--time-cap",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "others used 55% of the CPUs meanwhile, measured again 2x after waiting" in out.stdout
+    assert "not stored: measured under load" in out.stdout
+    assert out.stderr.startswith("warning: other processes used 55% of the CPUs during the measurement (limit 20%)")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.json"))

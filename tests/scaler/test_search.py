@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,51 @@ def test_cli_search_json_summary(tmp_path, fake_latency):
     data = json.loads(r.stdout)
     assert data["strategy"] == "greedy" and data["complete"] == data["trials"] > 1
     assert (tmp_path / "run" / "trials.csv").exists()
+
+
+def test_progress_bars_follow_steps_and_candidates(tmp_path, fake_latency, capsys):
+    run_search(load_space(_space(tmp_path, steps=2)), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    trials = open_run(tmp_path / "run").trials()
+    n1 = sum(t.user_attrs["step"] == 1 for t in trials)
+    n2 = sum(t.user_attrs["step"] == 2 for t in trials)
+    assert re.search(r"steps: 100%\|[^\r\n]*\| 2/2 .*best mIoU \d+\.\d at \d+\.\d\d ms", err)
+    assert re.search(rf"step 1 candidates: 100%\|[^\r\n]*\| {n1}/{n1} ", err)
+    assert re.search(rf"step 2 candidates: 100%\|[^\r\n]*\| {n2}/{n2} ", err)
+    # Log lines are written between bar refreshes, never glued onto a bar.
+    assert re.search(r"(^|\n)step 1 winner: #\d+", err) is None  # no log function was given
+
+
+def test_sampler_progress_counts_trained_trials(tmp_path, fake_latency, capsys):
+    space = load_space(_space(tmp_path, steps=1, extra=", max_trials: 3"))
+    run_search(space, tmp_path / "run", strategy="random", progress=True)
+    assert re.search(r"random trials: 100%\|[^\r\n]*\| 3/3 ", capsys.readouterr().err)
+
+
+def test_busy_cpu_is_reported_before_and_during_the_search(tmp_path, monkeypatch):
+    def loaded(arch, **kw):
+        class R:
+            def to_dict(self):
+                return {"median_ms": 1.5, "under_load": True, "others_cpu_share": 0.45, "fingerprint": {}}
+
+        return R()
+
+    monkeypatch.setattr(search_mod, "measure_latency", loaded)
+    monkeypatch.setattr(search_mod, "busy_share", lambda window: 0.6)
+    messages: list[str] = []
+    run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", log=messages.append, progress=False)
+    assert messages[0] == (
+        "warning: other processes are using 60% of the CPUs; each CPU latency measurement will wait up to 10 s "
+        "for them (at most 2 times) and flag the result if they go on; stop them for trustworthy latencies"
+    )
+    assert any(
+        m.startswith("warning: the latency of lpsnet:") and "(1.50 ms) was measured while other processes used 45%" in m
+        for m in messages
+    )
+
+
+def test_quiet_machine_gives_no_load_warning(tmp_path, fake_latency, monkeypatch):
+    monkeypatch.setattr(search_mod, "busy_share", lambda window: 0.05)
+    messages: list[str] = []
+    run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", log=messages.append, progress=False)
+    assert not any(m.startswith("warning:") for m in messages)

@@ -1,0 +1,81 @@
+"""The run store's claim and dead-worker rules, on a journal file (fast; the real multi-process
+and PostgreSQL runs are in test_distributed.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from optuna.trial import TrialState
+
+from models import get_arch
+from scaler.expand import Constraints
+from scaler.store import STALE_AFTER_S, RunStore, distributions, open_storage
+
+ARCH = get_arch("lpsnet_tiny")
+
+
+def _store(tmp_path, n=1):
+    store = RunStore(open_storage(None, tmp_path), "s", ARCH.num_classes)
+    for _ in range(n):
+        store.add(ARCH, distributions(Constraints()), {"step": 0})
+    return store
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_claim_is_exclusive_and_names_its_worker(tmp_path):
+    store = _store(tmp_path)
+    claim = store.claim()
+    assert claim is not None and claim.number == 0 and claim.arch == ARCH
+    assert store.claim() is None
+    t = store.trials()[0]
+    assert t.state == TrialState.RUNNING
+    assert t.user_attrs["owner"]["pid"] == os.getpid() and t.user_attrs["owner"]["host"] == socket.gethostname()
+
+
+def test_local_worker_that_died_is_failed_and_requeued_once(tmp_path):
+    store = _store(tmp_path)
+    claim = store.claim()
+    store.storage.set_trial_user_attr(claim.trial_id, "owner", {"host": socket.gethostname(), "pid": _dead_pid()})
+    assert store.reap_stale() == [1]
+    dead, retry = store.trials()
+    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert "owner" not in retry.user_attrs and retry.user_attrs["step"] == 0
+    assert store.reap_stale() == []
+
+
+def test_live_local_worker_is_left_alone(tmp_path):
+    store = _store(tmp_path)
+    store.claim()
+    assert store.reap_stale(now=time.time() + 10 * STALE_AFTER_S) == []
+
+
+def test_remote_worker_is_judged_by_its_heartbeat(tmp_path):
+    store = _store(tmp_path)
+    claim = store.claim()
+    store.storage.set_trial_user_attr(claim.trial_id, "owner", {"host": "elsewhere", "pid": 1})
+    beat = store.trials()[0].user_attrs["heartbeat"]
+    assert store.reap_stale(now=beat + STALE_AFTER_S - 1) == []
+    assert store.reap_stale(now=beat + STALE_AFTER_S + 1) == [1]
+
+
+def test_a_claim_not_yet_named_is_not_taken_for_a_dead_worker(tmp_path):
+    # A worker moves the trial to RUNNING and names itself a moment later; the search process may
+    # look in between (this once failed a PostgreSQL run with two workers).
+    store = _store(tmp_path)
+    trial_id = store.trials()[0]._trial_id
+    assert store.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    assert store.reap_stale() == []
+    assert store.trials()[0].state == TrialState.RUNNING
+    # Left unnamed for longer than a heartbeat may be late: that worker died right after claiming.
+    assert store.reap_stale(now=time.time() + STALE_AFTER_S + 5) == [1]
+    assert store.trials()[0].state == TrialState.FAIL
