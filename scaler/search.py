@@ -384,9 +384,10 @@ def _loop(
             return decision.reason
         if decision.kind == "propose":
             for p in decision.proposals:
-                lat = ctx.latency(p.arch)
+                lat = p.attrs.get("latency") or ctx.latency(p.arch)  # measured already by some strategies
                 attrs = {**p.attrs, "latency": lat}
-                if budget is not None and lat["median_ms"] > budget and p.attrs.get("strategy") != "greedy":
+                over = budget is not None and lat["median_ms"] > budget and p.attrs.get("strategy") != "greedy"
+                if over or p.attrs.get("over_budget"):
                     attrs.update(
                         over_budget=True,
                         fail_reason=f"over the latency budget ({lat['median_ms']:.2f} > {budget:g} ms), not trained",

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 import scaler.search as search_mod
+import scaler.strategies as strategies_mod
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.search import open_run, run_search
@@ -259,3 +260,51 @@ def test_quiet_machine_gives_no_load_warning(tmp_path, fake_latency, monkeypatch
     messages: list[str] = []
     run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", log=messages.append, progress=False)
     assert not any(m.startswith("warning:") for m in messages)
+
+
+def test_sampler_rejects_over_budget_proposals_untrained(tmp_path, fake_latency):
+    space = load_space(_space(tmp_path, steps=1, extra=", max_trials: 4, latency_budget_ms: 3.0"))
+    summary = run_search(space, tmp_path / "run", strategy="random", seed=1, progress=False)
+    trials = open_run(tmp_path / "run").trials()
+    over = [t for t in trials if t.user_attrs.get("over_budget")]
+    trained = [t for t in trials if not t.user_attrs.get("over_budget")]
+    assert len(trained) == 4 and summary.stop_reason == "trial limit reached (4)"
+    assert all(t.state == TrialState.COMPLETE and t.values[0] <= 3.0 for t in trained)
+    assert over and all(t.state == TrialState.FAIL and t.user_attrs["latency"]["median_ms"] > 3.0 for t in over)
+    assert all("not trained" in t.user_attrs["fail_reason"] and "train" not in t.user_attrs for t in over)
+    # One latency measurement per architecture: the loop reuses what the strategy measured.
+    assert fake_latency.calls == len(trials)
+
+
+def test_nsga2_evolves_beyond_its_first_generation(tmp_path, fake_latency):
+    space = load_space(_space(tmp_path, steps=1, extra=", max_trials: 20, latency_budget_ms: 100.0"))
+    run_search(space, tmp_path / "run", strategy="nsga2", seed=0, progress=False)
+    generations = [
+        t.user_attrs["sampler_system_attrs"].get("NSGAIISampler:generation")
+        for t in open_run(tmp_path / "run").trials()
+    ]
+    # Population 8: generations 0, 1 and 2 over 20 trials (before the shadow study's attributes were
+    # kept in the run, every trial was drawn at random in generation 0).
+    assert generations[:8] == [0] * 8 and max(generations) == 2
+
+
+def test_sampler_gives_up_when_nothing_fits_the_budget(tmp_path, fake_latency, monkeypatch):
+    monkeypatch.setattr(strategies_mod, "MAX_REJECTED_IN_A_ROW", 6)
+    space = load_space(_space(tmp_path, steps=1, extra=", max_trials: 4, latency_budget_ms: 0.5"))
+    summary = run_search(space, tmp_path / "run", strategy="tpe", progress=False)
+    trials = open_run(tmp_path / "run").trials()
+    assert summary.stop_reason == ("6 proposals in a row were over the latency budget of 0.5 ms or already evaluated")
+    assert len(trials) == 6 and all(t.user_attrs["over_budget"] for t in trials)
+
+
+def test_sampler_view_of_an_architecture_round_trips():
+    from models import get_arch
+    from scaler.expand import Constraints
+    from scaler.store import arch_from_params
+    from scaler.strategies import sampler_params, sampler_to_params
+
+    c = Constraints(width_divisor=4, max_depth=12, max_width=192)
+    arch = get_arch("lpsnet_tiny")
+    p = sampler_params(arch, c)
+    assert [p[f"k{i}"] for i in range(1, 6)] == [1, 2, 4, 8, 8]
+    assert arch_from_params(sampler_to_params(p, c), arch.num_classes) == arch
