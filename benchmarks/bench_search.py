@@ -110,10 +110,15 @@ def _mean_sd(values: list[float]) -> str:
 def _markdown(report: dict[str, Any], png: str | None) -> str:
     rows = report["runs"]
     seeds = report["seeds"]
-    strategies = ["greedy", *BASELINES]
+    strategies = [s for s in ("greedy", *BASELINES) if any(r["strategy"] == s for r in rows)]
     lines = [
         "# Search strategies: greedy expansion vs Optuna samplers",
         "",
+        *(
+            []
+            if report["complete"]
+            else [f"**Partial:** seeds asked {report['seeds_asked']}; the runs finished so far are below.", ""]
+        ),
         f"Command: `{report['command']}`",
         "",
         f"Machine: {machine_line(report['machine'])}; date {report['machine']['date']}.",
@@ -137,10 +142,11 @@ def _markdown(report: dict[str, Any], png: str | None) -> str:
         best = f"{statistics.fmean(bests):.2f}%" if bests else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd([r['hypervolume'] for r in mine])} | {best} |")
     wins = report["greedy_wins"]
+    ratio = wins["ratio_to_best_baseline"]
     lines += [
         "",
-        f"Greedy's hypervolume is the highest of the four in {wins['seeds_won']} of {len(seeds)} seeds; "
-        f"mean greedy / best baseline mean = {wins['ratio_to_best_baseline']:.3f}.",
+        f"Greedy's hypervolume is the highest in {wins['seeds_won']} of {len(seeds)} seeds; "
+        f"mean greedy / best baseline mean = {'-' if ratio is None else f'{ratio:.3f}'}.",
         "",
         "## Every run",
         "",
@@ -186,31 +192,39 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    png: Path | None = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         cache = LatencyCache(work / "latency-cache")
-        rows = []
         for seed in args.seeds:
             print(f"seed {seed}", flush=True)
             space = _space(base, seed, args.budget_ms, None)
             greedy = _run(space, work / f"greedy-s{seed}", "greedy", seed, cache, args.budget_ms)
             rows.append(greedy)
+            _write(out, args, base, rows, png, started)
             for name in args.strategies:
                 space = _space(base, seed, args.budget_ms, greedy["trained"])
                 rows.append(_run(space, work / f"{name}-s{seed}", name, seed, cache, args.budget_ms))
-        first = args.seeds[0]
-        png = out.with_name(f"{out.name}_seed{first}.png")
-        plot_run(
-            work / f"greedy-s{first}",
-            png,
-            compare=[work / f"{name}-s{first}" for name in args.strategies],
-        )
-        png.with_name(f"{png.stem}_steps{png.suffix}").unlink(missing_ok=True)  # the greedy run's own figure
+                _write(out, args, base, rows, png, started)
+            if png is None:
+                png = out.with_name(f"{out.name}_seed{seed}.png")
+                plot_run(work / f"greedy-s{seed}", png, compare=[work / f"{n}-s{seed}" for n in args.strategies])
+                png.with_name(f"{png.stem}_steps{png.suffix}").unlink(missing_ok=True)  # greedy's own figure
+                _write(out, args, base, rows, png, started)
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+def _write(
+    out: Path, args: argparse.Namespace, base: SearchSpace, rows: list[dict[str, Any]], png: Path | None, started: float
+) -> None:
+    """Write the report of the runs so far (the benchmark is long: partial results survive a stop)."""
     seconds = sum(r["seconds"] for r in rows)
-    greedy_hv = [r["hypervolume"] for r in rows if r["strategy"] == "greedy"]
-    baseline_means = [
-        statistics.fmean([r["hypervolume"] for r in rows if r["strategy"] == name]) for name in args.strategies
-    ]
+    strategies = [s for s in ("greedy", *args.strategies) if any(r["strategy"] == s for r in rows)]
+    means = {s: statistics.fmean([r["hypervolume"] for r in rows if r["strategy"] == s]) for s in strategies}
+    baseline_means = [v for k, v in means.items() if k != "greedy"]
+    seeds_done = sorted({r["seed"] for r in rows})
     seeds_won = sum(
         all(g["hypervolume"] >= r["hypervolume"] for r in rows if r["seed"] == g["seed"] and r["strategy"] != "greedy")
         for g in rows
@@ -222,11 +236,13 @@ def main() -> int:
         "space_file": args.space,
         "space": base.to_dict(),
         "budget_ms": args.budget_ms,
-        "seeds": args.seeds,
+        "seeds": seeds_done,
+        "seeds_asked": args.seeds,
+        "complete": len(rows) == len(args.seeds) * (1 + len(args.strategies)),
         "runs": rows,
         "greedy_wins": {
             "seeds_won": seeds_won,
-            "ratio_to_best_baseline": statistics.fmean(greedy_hv) / max(max(baseline_means), 1e-12),
+            "ratio_to_best_baseline": means["greedy"] / max(baseline_means) if baseline_means else None,
         },
         "time_split": {
             "seconds": seconds,
@@ -238,9 +254,7 @@ def main() -> int:
         "benchmark_seconds": time.perf_counter() - started,
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(_markdown(report, str(png)))
-    print(_markdown(report, str(png)))
-    return 0
+    out.with_suffix(".md").write_text(_markdown(report, None if png is None else str(png)))
 
 
 if __name__ == "__main__":
