@@ -11,8 +11,9 @@ import hashlib
 import json
 import math
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
+
+from .heads import HeadConfig, HeadError
 
 __all__ = [
     "MAX_PATHS",
@@ -21,7 +22,6 @@ __all__ = [
     "ArchError",
     "LPSNetArch",
     "format_inline",
-    "load_arch_json",
     "parse_inline",
 ]
 
@@ -30,7 +30,8 @@ MAX_PATHS = 3
 # Stride of the first block of each stage (the method's definition); output stride 16.
 STAGE_STRIDES = (2, 2, 2, 2, 1)
 FAMILY = "lpsnet"
-_FIELDS = ("family", "depth", "width", "resolution", "num_classes")
+_FIELDS = ("family", "depth", "width", "resolution", "num_classes", "head")
+PLAIN_HEAD = HeadConfig()
 
 
 class ArchError(ValueError):
@@ -72,7 +73,10 @@ class LPSNetArch:
         resolution: One to three input scale factors in (0, 1]. Zeros mean "no path" and are
             dropped; the rest are stored sorted from high to low, so ``(0.25, 0.75)``,
             ``(0.75, 0.25, 0)`` and ``(0.75, 0.25)`` are the same architecture.
-        num_classes: Output channels of the head.
+        num_classes: Output channels of the head (for a language-guided head, the number of classes
+            it is built for; the class list can be swapped later).
+        head: The head after the concatenated paths: LPS-Net's 1x1 conv (``plain``, the default)
+            or a language-guided one (see :class:`~models.heads.HeadConfig`).
 
     Raises:
         ArchError: A field is malformed; the message names the field and the bad value.
@@ -82,6 +86,7 @@ class LPSNetArch:
     width: tuple[int, ...]
     resolution: tuple[float, ...]
     num_classes: int = 19
+    head: HeadConfig = PLAIN_HEAD
 
     def __post_init__(self) -> None:
         depth = _as_int_tuple("depth", self.depth)
@@ -106,6 +111,11 @@ class LPSNetArch:
         nc = self.num_classes
         if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
             raise ArchError(f"num_classes must be an integer >= 1, got {nc!r}")
+        if not isinstance(self.head, HeadConfig):
+            try:
+                object.__setattr__(self, "head", HeadConfig.from_dict(self.head))
+            except HeadError as e:
+                raise ArchError(str(e)) from None
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "resolution", factors)
@@ -135,15 +145,20 @@ class LPSNetArch:
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
         return h, w
 
+    family = FAMILY
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form; :meth:`from_dict` inverts it."""
-        return {
+        """Plain-JSON form; :meth:`from_dict` inverts it. A plain head is left out (the paper's network)."""
+        out: dict[str, Any] = {
             "family": FAMILY,
             "depth": list(self.depth),
             "width": list(self.width),
             "resolution": list(self.resolution),
             "num_classes": self.num_classes,
         }
+        if self.head.kind != "plain":
+            out["head"] = self.head.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "architecture") -> LPSNetArch:
@@ -165,6 +180,7 @@ class LPSNetArch:
                 width=data["width"],
                 resolution=data["resolution"],
                 num_classes=data.get("num_classes", 19),
+                head=data.get("head", PLAIN_HEAD),
             )
         except ArchError as e:
             raise ArchError(f"{source}: {e}") from None
@@ -195,6 +211,8 @@ def format_inline(arch: LPSNetArch) -> str:
     text = f"lpsnet:d={','.join(map(str, arch.depth))};w={','.join(map(str, arch.width))};r={r}"
     if arch.num_classes != 19:
         text += f";c={arch.num_classes}"
+    if arch.head.kind != "plain":
+        text += f";h={arch.head.inline()}"
     return text
 
 
@@ -208,13 +226,17 @@ _INLINE_KEYS = {
     "c": "num_classes",
     "classes": "num_classes",
     "num_classes": "num_classes",
+    "h": "head",
+    "head": "head",
 }
 
 
 def parse_inline(text: str) -> LPSNetArch:
-    """Parse ``lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25[;c=19]``.
+    """Parse ``lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25[;c=19][;h=fusion]``.
 
-    Resolution factors may be written as fractions (``3/4``).
+    Resolution factors may be written as fractions (``3/4``). ``h`` names the head's kind and, for
+    ``fusion``, sizes that differ from the defaults (``h=fusion/dim=96/layers=2``); the text encoder
+    and prompt templates are the defaults (an ``arch.json`` can set them).
 
     Raises:
         ArchError: The text is malformed; the message names the part that is wrong.
@@ -232,7 +254,12 @@ def parse_inline(text: str) -> LPSNetArch:
         if name in fields:
             raise ArchError(f"inline architecture {text!r}: {name} given twice")
         items = [v.strip() for v in value.split(",") if v.strip()]
-        if name == "resolution":
+        if name == "head":
+            try:
+                fields[name] = HeadConfig.parse_inline(value.strip())
+            except HeadError as e:
+                raise ArchError(f"inline architecture {text!r}: {e}") from None
+        elif name == "resolution":
             fields[name] = items
         else:
             try:
@@ -247,13 +274,3 @@ def parse_inline(text: str) -> LPSNetArch:
         return LPSNetArch(**fields)
     except ArchError as e:
         raise ArchError(f"inline architecture {text!r}: {e}") from None
-
-
-def load_arch_json(path: str | Path) -> LPSNetArch:
-    """Read an ``arch.json`` written by :meth:`LPSNetArch.to_json` (or by ``scaler export``)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ArchError(f"{path}: cannot read architecture file ({e.strerror})") from None
-    return LPSNetArch.from_json(text, source=str(path))

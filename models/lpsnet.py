@@ -12,6 +12,7 @@ Module and tensor names follow the reference implementation, so its checkpoints 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import NUM_STAGES, STAGE_STRIDES, ArchError, LPSNetArch
+from .heads import LanguageHead, build_head
+from .text import class_embeddings
 
 __all__ = [
     "INTERACTION_STAGES",
@@ -80,6 +83,10 @@ class LPSNet(nn.Module):
     ``forward(x)`` returns logits at the input's size (for training and mIoU);
     ``forward(x, upsample=False)`` returns the head's logits at output stride 16, which is the
     reference network's output and what the paper times.
+
+    With a language-guided head (``arch.head``), the logits are scores against class embeddings
+    the head keeps: :meth:`set_classes` embeds a class list (any length) with the head's text
+    encoder; until then they are seeded random stand-ins (enough to time the network).
     """
 
     def __init__(self, arch: LPSNetArch, *, deploy: bool = False) -> None:
@@ -91,13 +98,14 @@ class LPSNet(nn.Module):
         self.path_names = PATH_NAMES[arch.num_paths]
         for name in self.path_names:
             self.add_module(name, LPSPath(arch.depth, arch.width, deploy=deploy))
-        self.head = nn.Conv2d(arch.width[-1] * arch.num_paths, arch.num_classes, 1, 1, 0, bias=True)
+        self.head = build_head(arch.head, arch.width[-1] * arch.num_paths, arch.num_classes)
 
     @property
     def paths(self) -> list[LPSPath]:
         return [getattr(self, n) for n in self.path_names]
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input: path 1's stage-5 features concatenated with the lower paths' (resized)."""
         height, width = int(x.shape[-2]), int(x.shape[-1])
         self.arch.check_input_size(height, width)
         sizes = self.arch.path_input_size(height, width)
@@ -108,10 +116,55 @@ class LPSNet(nn.Module):
             if i in INTERACTION_STAGES and len(feats) > 1:
                 feats = _interact(feats)
         top = (int(feats[0].shape[-2]), int(feats[0].shape[-1]))
-        logits = self.head(torch.cat([feats[0]] + [_resize(f, top) for f in feats[1:]], dim=1))
+        return torch.cat([feats[0]] + [_resize(f, top) for f in feats[1:]], dim=1)
+
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        logits = self.head(self.features(x))
         if upsample:
-            logits = _resize(logits, (height, width))
+            logits = _resize(logits, (int(x.shape[-2]), int(x.shape[-1])))
         return logits
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and the head's auxiliary logits (``None`` without them), both at the input's size."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        feats = self.features(x)
+        if not isinstance(self.head, LanguageHead):
+            return _resize(self.head(feats), size), None
+        logits, aux = self.head(feats, return_aux=True)
+        return _resize(logits, size), (None if aux is None else _resize(aux, size))
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.head.class_names if isinstance(self.head, LanguageHead) else None
+
+    def set_classes(self, class_names: list[str] | tuple[str, ...], embeddings: torch.Tensor | None = None) -> None:
+        """Point a language-guided head at these classes (embedded with the head's encoder unless given).
+
+        ``arch.num_classes`` follows the new list, so the logits get one channel per class.
+
+        Raises:
+            ArchError: The head is ``plain`` (its classes are fixed by its weights).
+            HeadError, TextEncoderError: Bad embeddings or class names, or an encoder that cannot load.
+        """
+        set_head_classes(self, class_names, embeddings)
+
+
+def set_head_classes(
+    model: nn.Module, class_names: list[str] | tuple[str, ...], embeddings: torch.Tensor | None
+) -> None:
+    """:meth:`LPSNet.set_classes` for any network with ``arch`` and a ``head`` (every backbone family)."""
+    head = model.head
+    if not isinstance(head, LanguageHead):
+        raise ArchError(
+            f"{model.arch.inline()} has a plain head: its classes are fixed by its weights; "
+            "build it with a language-guided head (h=denseclip or h=fusion) to name classes"
+        )
+    if embeddings is None:
+        cfg = model.arch.head
+        embeddings = class_embeddings(cfg.text_encoder, list(class_names), cfg.templates)
+    head.set_class_embeddings(embeddings, list(class_names))
+    if model.arch.num_classes != head.num_classes:
+        model.arch = dataclasses.replace(model.arch, num_classes=head.num_classes)
 
 
 def _interact(feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -167,8 +220,8 @@ def reparameterize(model: LPSNet) -> LPSNet:
                 w, b = _fuse_conv_bn(block[0], block[1])
                 dst[f"{name}.stages.{si}.{bi}.0.weight"] = w
                 dst[f"{name}.stages.{si}.{bi}.0.bias"] = b
-    dst["head.weight"] = src["head.weight"]
-    dst["head.bias"] = src["head.bias"]
+    # The head is copied as it is (a language-guided head's normalisations stay in eval mode).
+    dst.update({k: v for k, v in src.items() if k.startswith("head.")})
     fused.load_state_dict(dst)
     ref = next(model.parameters())
     return fused.to(device=ref.device, dtype=ref.dtype).eval()

@@ -10,14 +10,15 @@ from typing import Any
 
 import click
 
-from models import describe_model, get_arch, list_models, resolve_arch
+from models import LPSNetArch, describe_model, get_arch, list_models, resolve_arch
 
 from . import __version__
 from .errors import USER_ERRORS
 
 ARCH_HELP = (
-    "ARCH is a registered name (see 'scaler models'), an inline spec such as "
-    "'lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25', or the path of an arch.json."
+    "ARCH is a registered name (see 'scaler models'; NAME+fusion or NAME+denseclip adds a language-guided "
+    "head), an inline spec such as 'lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25' or "
+    "'mobilenetv2:m=0.5;h=fusion', or the path of an arch.json."
 )
 
 
@@ -104,21 +105,15 @@ def models_cmd(as_json: bool) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = [("name", "depth", "width", "resolution", "description")]
-    for r in rows:
-        table.append(
-            (
-                r["name"],
-                ",".join(map(str, r["depth"])),
-                ",".join(map(str, r["width"])),
-                ",".join(f"{x:g}" for x in r["resolution"]),
-                r["description"],
-            )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    table = [("name", "architecture", "description")]
+    table += [(r["name"], r["inline"], r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(2)]
     for row in table:
-        click.echo("  ".join(f"{cell:<{w}}" for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-    click.echo("\nUse a name, or an inline spec such as 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', as ARCH.")
+        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+    click.echo(
+        "\nUse a name, or an inline spec such as 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', as ARCH. "
+        "NAME+denseclip or NAME+fusion swaps the 1x1 classifier for a language-guided head."
+    )
 
 
 @main.command("info", epilog=ARCH_HELP)
@@ -173,10 +168,21 @@ def info_cmd(
     lines = [
         f"{arch}" if arch == a.inline() else f"{arch}  ({a.inline()})",
         f"  hash         {a.arch_hash()}",
-        f"  depth        {' '.join(map(str, a.depth))}",
-        f"  width        {' '.join(map(str, a.width))}",
-        f"  resolution   {' '.join(f'{r:g}' for r in a.resolution)}  "
-        f"({a.num_paths} path{'s' if a.num_paths > 1 else ''}; inputs {paths})",
+    ]
+    if isinstance(a, LPSNetArch):
+        lines += [
+            f"  depth        {' '.join(map(str, a.depth))}",
+            f"  width        {' '.join(map(str, a.width))}",
+            f"  resolution   {' '.join(f'{r:g}' for r in a.resolution)}  "
+            f"({a.num_paths} path{'s' if a.num_paths > 1 else ''}; inputs {paths})",
+        ]
+    else:
+        lines += [
+            f"  backbone     MobileNetV2-style, width x{a.width_mult:g} (output stride 16)",
+            f"  channels     {a.stem_channels} {' '.join(map(str, a.stage_channels))}",
+        ]
+    lines += [
+        f"  head         {a.head.describe()}",
         f"  classes      {a.num_classes}",
         f"  parameters   {c.params_train:,} (train form, with BatchNorm)",
         f"               {c.params_deploy:,} (deploy form, BatchNorm folded)",
@@ -606,6 +612,12 @@ def bench_cmd(
     if r.others_cpu_share is not None and not r.fingerprint["device"].startswith("cuda"):
         retried = f", measured again {r.load_retries}x after waiting" if r.load_retries else ""
         lines.insert(-2, f"  other load   others used {r.others_cpu_share:.0%} of the CPUs meanwhile{retried}")
+    if r.fingerprint["device"].startswith("cuda") and r.fingerprint["backend"] == "torch":
+        lines.append(
+            "  note         eager CUDA at batch 1 times how fast the host launches kernels as much as the GPU: "
+            "separate measurements of LPS-Net S/M/L on an H100 varied by 30-60%; --backend cudagraph "
+            "measures the GPU (within 2% across runs there)"
+        )
     click.echo("\n".join(lines))
     if r.under_load:
         click.echo(

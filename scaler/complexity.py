@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import LPSNet, LPSNetArch, reparameterize
+from models import SegArch, build_model, reparameterize
 from models.lpsnet import FixedUpsample
 
 __all__ = ["FLOPS_BACKENDS", "Complexity", "count_parameters", "measure_complexity"]
@@ -28,7 +28,7 @@ def count_parameters(model: nn.Module) -> int:
 class Complexity:
     """What :func:`measure_complexity` reports; every number says what it was measured on."""
 
-    arch: LPSNetArch
+    arch: SegArch
     input_hw: tuple[int, int]
     params_train: int
     params_deploy: int
@@ -59,7 +59,7 @@ class Complexity:
 
 
 def measure_complexity(
-    arch: LPSNetArch,
+    arch: SegArch,
     input_hw: tuple[int, int] = (1024, 2048),
     *,
     flops_backend: str = "aten",
@@ -79,7 +79,7 @@ def measure_complexity(
         raise ValueError(f"flops backend must be one of {', '.join(FLOPS_BACKENDS)}, got {flops_backend!r}")
     h, w = input_hw
     arch.check_input_size(h, w)
-    model = LPSNet(arch).eval()
+    model = build_model(arch).eval()
     deploy = reparameterize(model)
     wrapped = FixedUpsample(deploy, include_upsample).eval()
     with torch.no_grad():

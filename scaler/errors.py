@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models import ArchError, CheckpointError
+from models import ArchError, CheckpointError, HeadError, TextEncoderError
 
 __all__ = ["USER_ERRORS", "UserError"]
 
@@ -12,4 +12,4 @@ class UserError(Exception):
 
 
 # Exception types whose message is meant for the user as it stands (no traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ArchError, CheckpointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ArchError, CheckpointError, HeadError, TextEncoderError)

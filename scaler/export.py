@@ -28,7 +28,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from models import LPSNet, LPSNetArch, load_arch_json, reparameterize
+from models import (
+    LanguageHead,
+    LPSNetArch,
+    SegArch,
+    SegModel,
+    arch_from_dict,
+    build_model,
+    load_arch_json,
+    portable_state_dict,
+    reparameterize,
+)
 from models.lpsnet import FixedUpsample
 
 from .errors import UserError
@@ -150,7 +160,7 @@ class ExportResult:
     run_dir: Path
     trial: int
     selected_by: str
-    arch: LPSNetArch
+    arch: SegArch
     latency_ms: float | None
     miou: float | None
     out_dir: Path
@@ -188,7 +198,7 @@ def _weights_path(run_dir: Path, recorded: str) -> Path:
     return next((p for p in (run_dir / path, path) if p.is_file()), run_dir / path)
 
 
-def _load_weights(run_dir: Path, recorded: str, arch: LPSNetArch, number: int) -> dict[str, torch.Tensor]:
+def _load_weights(run_dir: Path, recorded: str, arch: SegArch, number: int) -> dict[str, torch.Tensor]:
     path = _weights_path(run_dir, recorded)
     if not path.is_file():
         raise ExportError(f"{path}: trial {number}'s weights file is missing")
@@ -199,22 +209,29 @@ def _load_weights(run_dir: Path, recorded: str, arch: LPSNetArch, number: int) -
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         raise ExportError(f"{path}: expected a dict with 'arch' and 'state_dict'")
     stored = blob.get("arch")
-    if stored is not None and LPSNetArch.from_dict(stored, source=str(path)) != arch:
-        raise ExportError(f"{path}: holds weights of {LPSNetArch.from_dict(stored).inline()}, not {arch.inline()}")
+    if stored is not None and arch_from_dict(stored, source=str(path)) != arch:
+        raise ExportError(f"{path}: holds weights of {arch_from_dict(stored).inline()}, not {arch.inline()}")
     return blob["state_dict"]
 
 
-def _build(arch: LPSNetArch, state_dict: dict[str, torch.Tensor] | None, source: str) -> LPSNet:
+def _build(
+    arch: SegArch, state_dict: dict[str, torch.Tensor] | None, source: str, class_names: list[str] | None
+) -> SegModel:
     if state_dict is None:
         # A fixed seed without touching the caller's global RNG: exports of one trial are identical.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return LPSNet(arch).eval()
-    model = LPSNet(arch)
+            model = build_model(arch).eval()
+        if arch.head.language_guided and class_names:
+            model.set_classes(class_names)  # the run's classes, embedded as training would
+        return model
+    model = build_model(arch)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise ExportError(f"{source}: the weights do not fit {arch.inline()} ({str(e).splitlines()[0]})") from None
+    if isinstance(model.head, LanguageHead) and class_names and len(class_names) == model.head.num_classes:
+        model.head.class_names = tuple(class_names)  # what the trained embeddings stand for
     return model.eval()
 
 
@@ -267,11 +284,14 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, pa
     return _check("reloaded TorchScript", out, ref, path)
 
 
-def _export_pt(arch: LPSNetArch, model: LPSNet, number: int, run_dir: Path, path: Path) -> dict[str, Any]:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"arch": arch.to_dict(), "state_dict": state, "trial": number, "run": str(run_dir)}, path)
+def _export_pt(arch: SegArch, model: SegModel, number: int, run_dir: Path, path: Path) -> dict[str, Any]:
+    state = portable_state_dict(model)
+    blob: dict[str, Any] = {"arch": arch.to_dict(), "state_dict": state, "trial": number, "run": str(run_dir)}
+    if model.class_names is not None:
+        blob["class_names"] = list(model.class_names)
+    torch.save(blob, path)
     back = torch.load(path, map_location="cpu", weights_only=True)
-    LPSNet(arch).load_state_dict(back["state_dict"])
+    build_model(arch).load_state_dict(back["state_dict"])
     return {"tensors": len(state)}
 
 
@@ -314,7 +334,7 @@ def export_trial(
     number, why = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_miou=min_miou)
     frozen = next(t for t in store.trials() if t.number == number)
     attrs = frozen.user_attrs
-    arch = LPSNetArch.from_dict(attrs["arch"], source=f"trial {number}")
+    arch = arch_from_dict(attrs["arch"], source=f"trial {number}")
     space = store.get("space") or {}
     latency = attrs.get("latency") or {}
     fingerprint = latency.get("fingerprint") or {}
@@ -347,7 +367,8 @@ def export_trial(
                 raise ExportError(f"{path}: does not read back as {arch.inline()}")
             files["json"] = path
         if needs_model:
-            model = _build(arch, state_dict, str(_weights_path(run_dir, str(weights_rel))) if weights_rel else "")
+            source = str(_weights_path(run_dir, str(weights_rel))) if weights_rel else ""
+            model = _build(arch, state_dict, source, store.get("class_names"))
             deploy = FixedUpsample(reparameterize(model), upsample).eval()
             x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
             with torch.no_grad():
@@ -456,7 +477,17 @@ def _model_card(
         f"- MACs: {cx.macs / 1e9:.4g} G for one 3x{h}x{w} image, deploy form, "
         f"{'with the final upsample' if upsample else 'up to the head'} (ptflops {cx.ptflops_version}, "
         f"backend '{cx.flops_backend}')",
+        f"- head: {arch.head.describe()}",
         f"- head output: {arch.num_classes}x{cx.head_hw[0]}x{cx.head_hw[1]} (output stride 16)",
+        *(
+            [
+                "- class embeddings: baked into the exported ONNX and TorchScript models as constants (one row per "
+                "class, in the order above); to name other classes, load `weights.pt` and call "
+                "`model.set_classes([...])`, then export again",
+            ]
+            if arch.head.language_guided
+            else []
+        ),
         "",
         "## Latency",
         "",
@@ -533,7 +564,7 @@ def _model_card(
         "onnx": f"deploy form (BatchNorm folded), opset {ONNX_OPSET}, input `image` float32 {shape_text}, "
         f"output `logits` {upsample_text}",
         "torchscript": f"traced deploy form, input float32 {shape_text}, {upsample_text}",
-        "pt": "train-form state dict: `LPSNet(load_arch_json('arch.json')).load_state_dict("
+        "pt": "train-form state dict: `build_model(load_arch_json('arch.json')).load_state_dict("
         "torch.load('weights.pt', weights_only=True)['state_dict'])`",
     }
     for fmt, path in files.items():

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import LPSNet, LPSNetArch, reparameterize, resolve_arch
+from models import SegArch, SegModel, arch_from_dict, build_model, reparameterize, resolve_arch
 
 from .errors import UserError
 from .machine_load import OthersCPU, wait_for_quiet
@@ -243,7 +243,7 @@ class LatencyResult:
     after waiting, so the times are likely inflated (such a result is not cached).
     """
 
-    arch: LPSNetArch
+    arch: SegArch
     median_ms: float
     p10_ms: float
     p90_ms: float
@@ -326,7 +326,7 @@ class LatencyResult:
             KeyError, TypeError, ValueError: ``data`` is not such output.
         """
         return cls(
-            arch=LPSNetArch.from_dict(data["arch"]),
+            arch=arch_from_dict(data["arch"]),
             median_ms=float(data["median_ms"]),
             p10_ms=float(data["p10_ms"]),
             p90_ms=float(data["p90_ms"]),
@@ -443,7 +443,7 @@ def fingerprint_hash(fingerprint: dict[str, Any], *, length: int = 16) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
-def cache_key(arch: LPSNetArch, fingerprint: dict[str, Any], rule: dict[str, Any]) -> str:
+def cache_key(arch: SegArch, fingerprint: dict[str, Any], rule: dict[str, Any]) -> str:
     """Cache key: ``<arch hash>-<fingerprint hash>-<stopping-rule hash>``."""
     rule_hash = hashlib.sha256(json.dumps(rule, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
     return f"{arch.arch_hash()}-{fingerprint_hash(fingerprint)}-{rule_hash}"
@@ -688,7 +688,7 @@ def _resolve(s: LatencySettings) -> LatencySettings:
 class _Forward(nn.Module):
     """Fixes ``upsample`` so exporters and graph capture see a one-argument forward."""
 
-    def __init__(self, model: LPSNet, upsample: bool) -> None:
+    def __init__(self, model: SegModel, upsample: bool) -> None:
         super().__init__()
         self.model = model
         self.upsample = upsample
@@ -697,7 +697,7 @@ class _Forward(nn.Module):
         return self.model(x, upsample=self.upsample)
 
 
-def _build_model(arch: LPSNetArch, given: LPSNet | None, s: LatencySettings) -> nn.Module:
+def _build_model(arch: SegArch, given: SegModel | None, s: LatencySettings) -> nn.Module:
     if given is not None:
         if given.deploy and not s.deploy:
             raise UserError("the model is already in deploy form (BatchNorm folded); measure it with deploy=True")
@@ -709,7 +709,7 @@ def _build_model(arch: LPSNetArch, given: LPSNet | None, s: LatencySettings) -> 
         # latency, but identical runs should run identical networks.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = LPSNet(arch).eval()
+            model = build_model(arch).eval()
         if s.deploy:
             model = reparameterize(model)
     model = model.eval().to(device=torch.device(s.device), dtype=_TORCH_DTYPES[s.dtype])
@@ -1036,7 +1036,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _measure(arch: LPSNetArch, given: LPSNet | None, s: LatencySettings) -> tuple[list[float], str, float | None]:
+def _measure(arch: SegArch, given: SegModel | None, s: LatencySettings) -> tuple[list[float], str, float | None]:
     runner: _Runner | None = None
     if not s.is_cuda:
         steady_cpu_allocator()
@@ -1075,7 +1075,7 @@ def _measure(arch: LPSNetArch, given: LPSNet | None, s: LatencySettings) -> tupl
 
 
 def measure_latency(
-    arch_or_model: LPSNetArch | LPSNet | str | Path,
+    arch_or_model: SegArch | SegModel | str | Path,
     *,
     input_hw: tuple[int, int],
     device: str = "cpu",
@@ -1105,9 +1105,9 @@ def measure_latency(
     measurement switches glibc's malloc to keep freed memory (:func:`steady_cpu_allocator`).
 
     Args:
-        arch_or_model: Any ARCH spelling (see :func:`models.resolve_arch`) or an :class:`LPSNet`
-            (its weights are used; the caller's module is not changed). An architecture is built
-            with seeded random weights.
+        arch_or_model: Any ARCH spelling (see :func:`models.resolve_arch`) or a network
+            (:class:`LPSNet`, :class:`MobileNetV2Seg`; its weights are used, the caller's module is
+            not changed). An architecture is built with seeded random weights.
         input_hw, device, batch, dtype, backend, threads, channels_last, include_upsample, deploy,
         warmup, min_samples, max_samples, target_rel_spread, time_cap_s, max_others_share,
         load_retries, quiet_wait_s: See :class:`LatencySettings`.
@@ -1147,16 +1147,19 @@ def measure_latency(
 
 
 def _measure_with(
-    arch_or_model: LPSNetArch | LPSNet | str | Path,
+    arch_or_model: SegArch | SegModel | str | Path,
     settings: LatencySettings,
     *,
     cache: LatencyCache | None,
     refresh: bool,
 ) -> LatencyResult:
     if isinstance(arch_or_model, nn.Module):
-        if not isinstance(arch_or_model, LPSNet):
-            raise TypeError(f"measure_latency takes an LPSNet or an architecture, got {type(arch_or_model).__name__}")
-        given: LPSNet | None = arch_or_model
+        if not isinstance(arch_or_model, SegModel):
+            raise TypeError(
+                f"measure_latency takes a network (LPSNet, MobileNetV2Seg) or an architecture, "
+                f"got {type(arch_or_model).__name__}"
+            )
+        given: SegModel | None = arch_or_model
         arch = arch_or_model.arch
     else:
         given = None
@@ -1209,7 +1212,7 @@ def _measure_with(
 
 
 def _measure_guarded(
-    arch: LPSNetArch, given: LPSNet | None, s: LatencySettings
+    arch: SegArch, given: SegModel | None, s: LatencySettings
 ) -> tuple[list[float], str, float | None, float | None, int]:
     """:func:`_measure`, taken again (after waiting for a quiet machine) while others kept the CPUs busy.
 

@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from models import LPSNetArch
+from models import LPSNetArch, class_embeddings
 
 from .data import open_dataset
 from .errors import UserError
@@ -189,6 +189,11 @@ def run_search(
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     info = open_dataset(space.dataset, "val", seed=space.training.seed).info
+    if space.start.head.language_guided:
+        # Fail before touching the run folder, not in every candidate, if the head's text encoder
+        # cannot embed the classes (this also fills the embedding cache the workers read).
+        head = space.start.head
+        class_embeddings(head.text_encoder, list(info.class_names), head.templates)
     study_name = space.name if strategy == "greedy" else f"{space.name}-{strategy}"
     record = {
         "study_name": study_name,

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from models import ArchError, LPSNetArch, resolve_arch
+from models import ArchError, HeadConfig, HeadError, LPSNetArch, resolve_arch
 
 from .errors import UserError
 from .expand import PAPER_OPERATORS, Constraints, Operator
@@ -144,6 +144,7 @@ _TOP_KEYS = (
     "start",
     "input_size",
     "dataset",
+    "head",
     "operators",
     "constraints",
     "latency",
@@ -194,6 +195,18 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     if not isinstance(dataset, str) or not dataset.strip():
         raise fail("dataset", f"must be a dataset SPEC string such as 'synthetic', got {dataset!r}")
     start = _start(data["start"], base_dir, fail)
+    if "head" in data:
+        try:
+            head = HeadConfig.from_dict(data["head"], source="head")
+        except HeadError as e:
+            raise fail("head", str(e).removeprefix("head: ")) from None
+        if start.head.kind != "plain" and start.head != head:
+            raise fail("head", f"the start network {start.inline()} has a head already; give it in one place")
+        encoder = head.text_encoder
+        if encoder.startswith("file:") and base_dir is not None and not Path(encoder[5:]).is_absolute():
+            # Like an arch.json start: an embeddings file is found next to the space file.
+            head = dataclasses.replace(head, text_encoder=f"file:{base_dir / encoder[5:]}")
+        start = dataclasses.replace(start, head=head)
     operators = _operators(data.get("operators", "paper"), fail)
     constraints = _section(Constraints, data.get("constraints"), "constraints", fail)
     if constraints.violation(start):
@@ -255,9 +268,12 @@ def _start(value: Any, base_dir: Path | None, fail: Any) -> LPSNetArch:
         spec = value.strip()
         if base_dir is not None and spec.endswith(".json") and not Path(spec).is_absolute():
             spec = str(base_dir / spec)
-        return resolve_arch(spec)
+        arch = resolve_arch(spec)
     except ArchError as e:
         raise fail("start", str(e)) from None
+    if not isinstance(arch, LPSNetArch):
+        raise fail("start", f"{arch.inline()} is not an LPS-Net: the search grows LPS-Nets (depth, width, resolution)")
+    return arch
 
 
 def _operators(value: Any, fail: Any) -> tuple[Operator, ...]:

@@ -82,12 +82,14 @@ def arch_params(arch: LPSNetArch) -> dict[str, Any]:
     return params
 
 
-def arch_from_params(params: dict[str, Any], num_classes: int) -> LPSNetArch:
+def arch_from_params(params: dict[str, Any], like: LPSNetArch) -> LPSNetArch:
+    """The architecture ``params`` describe, with ``like``'s class count and head (not search dimensions)."""
     return LPSNetArch(
         depth=[int(params[f"d{i + 1}"]) for i in range(5)],
         width=[int(params[f"w{i + 1}"]) for i in range(5)],
         resolution=[float(params[f"r{i + 1}"]) for i in range(3)],
-        num_classes=num_classes,
+        num_classes=like.num_classes,
+        head=like.head,
     )
 
 

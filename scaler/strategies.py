@@ -395,7 +395,7 @@ def _repair(params: dict[str, Any], space: SearchSpace) -> LPSNetArch:
         p[f"r{i + 1}"] = round(float(p[f"r{i + 1}"]) * 8) / 8
     if all(p[f"r{i + 1}"] == 0 for i in range(3)):
         p["r1"] = 0.125
-    arch = arch_from_params(p, space.start.num_classes)
+    arch = arch_from_params(p, space.start)
     while True:
         try:
             arch.check_input_size(*space.input_size)

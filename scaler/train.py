@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models import LPSNet, LPSNetArch
+from models import SegArch, build_model, portable_state_dict
 
 from .augment import AugmentConfig, TrainStream, normalize
 from .data import DataError, SegmentationDataset, open_dataset
@@ -226,7 +226,7 @@ def cached_dataset(spec: str, split: str, seed: int) -> SegmentationDataset:
     return _DATASETS[key]
 
 
-def _failed(reason: str, arch: LPSNetArch, config: TrainConfig, **fields: Any) -> TrainResult:
+def _failed(reason: str, arch: SegArch, config: TrainConfig, **fields: Any) -> TrainResult:
     return TrainResult(status="failed", reason=reason, arch=arch.to_dict(), config=config.to_dict(), **fields)
 
 
@@ -238,7 +238,7 @@ def _curve_summary(losses: list[float], points: int = 50) -> list[float]:
 
 
 def train_and_evaluate(
-    arch: LPSNetArch,
+    arch: SegArch,
     config: TrainConfig,
     *,
     progress: bool | None = None,
@@ -250,7 +250,9 @@ def train_and_evaluate(
     """Train ``arch`` with ``config`` and evaluate it on the validation split.
 
     Args:
-        arch: The network; its ``num_classes`` is replaced by the dataset's.
+        arch: The network; its ``num_classes`` is replaced by the dataset's. A language-guided
+            head gets the dataset's class names, embedded by its text encoder, and trains with its
+            auxiliary loss when it has one.
         config: Recipe, data and device.
         progress: Show a progress bar (``None``: only on a terminal).
         save: Write the trained weights, architecture, config and result to this file.
@@ -263,6 +265,7 @@ def train_and_evaluate(
 
     Raises:
         UserError: The dataset SPEC cannot be opened or the device does not exist (nothing to train).
+        TextEncoderError: A language-guided head's text encoder cannot embed the class names.
     """
     device = _device(config.device)
     train_set = train_set if train_set is not None else cached_dataset(config.dataset, "train", config.seed)
@@ -280,12 +283,10 @@ def train_and_evaluate(
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
 
     torch.manual_seed(config.seed)
-    model = LPSNet(arch).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    model = build_model(arch)
+    if arch.head.language_guided:
+        model.set_classes(list(info.class_names))
+    aux_weight = arch.head.aux_weight if arch.head.has_aux else 0.0
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     aug = AugmentConfig(
         crop=config.crop, base_size=config.eval_size, scale=config.scale, flip=config.flip, jitter=config.jitter
@@ -307,6 +308,13 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     it = 0
     try:
+        # Moving a large network can run out of GPU memory too: a failed result, like the steps.
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
         model.train()
         t_data = time.perf_counter()
         for it, (x, y) in enumerate(loader):
@@ -321,8 +329,13 @@ def train_and_evaluate(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device_type=device.type, enabled=amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
+                if aux_weight:
+                    logits, aux = model.forward_with_aux(x)
+                    loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
+                    loss = loss + aux_weight * F.cross_entropy(aux.float(), y, ignore_index=info.ignore_index)
+                else:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -407,14 +420,16 @@ def train_and_evaluate(
     return result
 
 
-def _save(path: str | Path, model: nn.Module, arch: LPSNetArch, config: TrainConfig, result: TrainResult) -> None:
+def _save(path: str | Path, model: nn.Module, arch: SegArch, config: TrainConfig, result: TrainResult) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = portable_state_dict(model)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"arch": arch.to_dict(), "state_dict": state, "train_config": config.to_dict(), "result": result.to_dict()}, tmp
-    )
+    blob = {"arch": arch.to_dict(), "state_dict": state, "train_config": config.to_dict(), "result": result.to_dict()}
+    names = getattr(model, "class_names", None)
+    if names is not None:  # a language-guided head: the names its class embeddings stand for
+        blob["class_names"] = list(names)
+    torch.save(blob, tmp)
     tmp.replace(path)
 
 

@@ -81,7 +81,10 @@ def test_json_round_trip(tmp_path):
     [
         ('{"depth": [1,1,1,1,1], "width": [4,8,16,32,32]}', "missing key 'resolution'"),
         ('{"depth": [1,1,1,1,1], "width": [4,8,16,32,32], "resolution": [0.5], "colour": 1}', "unknown key 'colour'"),
-        ('{"family": "resnet", "depth": [1], "width": [1], "resolution": [1]}', "family must be 'lpsnet'"),
+        (
+            '{"family": "resnet", "depth": [1], "width": [1], "resolution": [1]}',
+            "unknown family 'resnet'",
+        ),
         ("[1, 2]", "expected a JSON object, got list"),
         ("{not json", "not valid JSON"),
         ('{"depth": [1,1,1,1,1], "width": [4,8,0,32,32], "resolution": [0.5]}', "width[2] must be > 0, got 0"),

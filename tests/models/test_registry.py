@@ -9,7 +9,7 @@ from models.registry import _REGISTRY
 
 
 def test_list_models():
-    assert list_models() == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny"]
+    assert list_models() == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny", "mobilenetv2_050", "mobilenetv2_100"]
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,9 @@ def test_named_variants_match_the_paper(name, depth, width, resolution):
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="'lpsnet_s' is already registered"):
         register_model("lpsnet_s")(lambda: get_arch("lpsnet_s"))
-    assert len(_REGISTRY) == 4
+    assert len(_REGISTRY) == 6
+    with pytest.raises(ValueError, match="may not contain '\\+'"):
+        register_model("lpsnet_x+fusion")(lambda: get_arch("lpsnet_s"))
 
 
 def test_every_spelling_resolves_to_the_same_arch(tmp_path):

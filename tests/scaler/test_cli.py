@@ -31,12 +31,15 @@ def test_help_lists_commands(run):
 def test_models_table_and_json(run):
     r = run("models")
     assert r.exit_code == 0
-    rows = {line.split()[0]: line.split()[1:4] for line in r.output.splitlines()[1:5]}
-    assert rows["lpsnet_s"] == ["1,3,3,10,10", "8,24,48,96,96", "0.75,0.25"]
-    assert rows["lpsnet_l"] == ["1,3,3,10,10", "8,24,64,160,160", "1,0.25"]
+    rows = {line.split()[0]: line.split()[1] for line in r.output.splitlines()[1:7]}
+    assert rows["lpsnet_s"] == "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25"
+    assert rows["lpsnet_l"] == "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25"
+    assert rows["mobilenetv2_050"] == "mobilenetv2:m=0.5"
     rows = json.loads(run("models", "--json").output)
-    assert [row["name"] for row in rows] == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny"]
+    names = ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny", "mobilenetv2_050", "mobilenetv2_100"]
+    assert [row["name"] for row in rows] == names
     assert rows[3]["width"] == [4, 8, 16, 32, 32] and rows[3]["arch_hash"] == get_arch("lpsnet_tiny").arch_hash()
+    assert rows[4]["family"] == "mobilenetv2" and rows[4]["width_mult"] == 0.5
 
 
 def test_info_text(run):

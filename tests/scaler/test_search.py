@@ -307,4 +307,4 @@ def test_sampler_view_of_an_architecture_round_trips():
     arch = get_arch("lpsnet_tiny")
     p = sampler_params(arch, c)
     assert [p[f"k{i}"] for i in range(1, 6)] == [1, 2, 4, 8, 8]
-    assert arch_from_params(sampler_to_params(p, c), arch.num_classes) == arch
+    assert arch_from_params(sampler_to_params(p, c), arch) == arch

@@ -1,0 +1,354 @@
+"""Segmentation heads, attachable to any backbone that ends in a feature map.
+
+- ``plain``: a 1x1 conv classifier (LPS-Net's own head).
+- ``denseclip``: pixel embeddings projected to the text encoder's dimension; the logits are the
+  cosine between each pixel and each class's text embedding times a learnable scale (the
+  DenseCLIP/LSeg score map).
+- ``fusion``: our reading of "CLIP for Lightweight Semantic Segmentation" (Jin and Yang, arXiv
+  2310.07394), whose abstract alone is public: "a parallel design of CNN and transformer with a
+  two-way bridge in between". The paper's layer details are not published; what we chose: the
+  visual map and the class tokens are projected to a common width; each of ``layers`` layers runs a
+  conv branch on the map (depthwise 3x3 + pointwise, residual: spatial context) in parallel with a
+  transformer branch on the K class tokens (self-attention + MLP, pre-norm), then the two-way
+  bridge: pixels -> text cross-attention updates the class tokens from the image, and text ->
+  pixels cross-attention injects the classes into every pixel. The logits are the same
+  pixel-text score map, between the fused pixels and the fused tokens (plus the tokens before
+  fusion, so the text embeddings keep their say). An optional auxiliary loss scores the map before
+  fusion against the projected text embeddings.
+
+Language-guided heads keep their class embeddings (``K x D``, unit length) in a buffer, so a saved
+state dict and an exported ONNX model carry them (the class names travel beside the state dict, in
+the weights files the tool writes); :meth:`LanguageHead.set_class_embeddings` swaps in another
+class list of any length, and loading a state dict made for another class list takes its K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .text import DEFAULT_TEMPLATES, TextEncoderError, check_spec, check_templates, encoder_dim
+
+__all__ = [
+    "HEAD_KINDS",
+    "DenseCLIPHead",
+    "FusionHead",
+    "HeadConfig",
+    "HeadError",
+    "LanguageHead",
+    "build_head",
+]
+
+HEAD_KINDS = ("plain", "denseclip", "fusion")
+# The CLIP temperature: logits = scale * cosine, scale starting at 1/0.07 and capped at 100.
+INIT_SCALE = 1 / 0.07
+MAX_SCALE = 100.0
+_INLINE_FIELDS = {"dim": int, "layers": int, "heads": int, "aux": float}
+
+
+class HeadError(ValueError):
+    """A head description that cannot be built; the message names the field and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Which head a network ends in, and its settings.
+
+    Args:
+        kind: ``plain``, ``denseclip`` or ``fusion``.
+        text_encoder: Encoder SPEC for the class names (``minilm``, ``open_clip:ARCH:CHECKPOINT``,
+            ``file:PATH``); language-guided heads only.
+        templates: Prompt templates, one ``{}`` each, averaged per class.
+        dim: Width of the fused visual map and class tokens (``fusion``).
+        layers: Fusion layers (``fusion``).
+        heads: Attention heads; must divide ``dim`` (``fusion``).
+        aux_weight: Weight of the auxiliary loss on the pre-fusion score map (``fusion``; 0 = off).
+
+    Raises:
+        HeadError: A value is malformed; the message names it.
+    """
+
+    kind: str = "plain"
+    text_encoder: str = "minilm"
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    dim: int = 64
+    layers: int = 1
+    heads: int = 4
+    aux_weight: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise HeadError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
+        try:
+            object.__setattr__(self, "text_encoder", check_spec(self.text_encoder))
+            object.__setattr__(self, "templates", check_templates(self.templates))
+        except TextEncoderError as e:
+            raise HeadError(f"head: {e}") from None
+        for name, low in (("dim", 8), ("layers", 1), ("heads", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise HeadError(f"head {name} must be an integer >= {low}, got {v!r}")
+        if self.dim % self.heads:
+            raise HeadError(f"head dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        w = self.aux_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 10:
+            raise HeadError(f"head aux_weight must be a number in [0, 10], got {w!r}")
+        object.__setattr__(self, "aux_weight", float(w))
+
+    @property
+    def language_guided(self) -> bool:
+        return self.kind != "plain"
+
+    @property
+    def has_aux(self) -> bool:
+        return self.kind == "fusion" and self.aux_weight > 0
+
+    def describe(self) -> str:
+        """One line for people: the kind and, for language-guided heads, the encoder and sizes."""
+        if self.kind == "plain":
+            return "plain (1x1 conv classifier)"
+        sizes = (
+            f"; dim {self.dim}, {self.layers} layer(s), {self.heads} attention heads" if self.kind == "fusion" else ""
+        )
+        aux = f"; auxiliary loss weight {self.aux_weight:g}" if self.has_aux else ""
+        return (
+            f"{self.kind} (language-guided: class names embedded by '{self.text_encoder}' with "
+            f"{len(self.templates)} prompt templates{sizes}{aux})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON; a plain head is just its kind, the settings that matter to the others follow."""
+        if self.kind == "plain":
+            return {"kind": "plain"}
+        out: dict[str, Any] = {"kind": self.kind, "text_encoder": self.text_encoder, "templates": list(self.templates)}
+        if self.kind == "fusion":
+            out.update(dim=self.dim, layers=self.layers, heads=self.heads, aux_weight=self.aux_weight)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "head") -> HeadConfig:
+        if isinstance(data, str):
+            return cls(kind=data)
+        if not isinstance(data, dict):
+            raise HeadError(f"{source}: expected a head kind or a mapping, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise HeadError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+        kw = dict(data)
+        if "templates" in kw and isinstance(kw["templates"], list):
+            kw["templates"] = tuple(kw["templates"])
+        try:
+            return cls(**kw)
+        except HeadError as e:
+            raise HeadError(f"{source}: {e}") from None
+        except TypeError as e:
+            raise HeadError(f"{source}: {e}") from None
+
+    def inline(self) -> str:
+        """``fusion`` or ``fusion/dim=96/layers=2`` (sizes that differ from the defaults)."""
+        default = HeadConfig(kind=self.kind)
+        parts = [self.kind]
+        if self.kind == "fusion":
+            for key, attr in (("dim", "dim"), ("layers", "layers"), ("heads", "heads"), ("aux", "aux_weight")):
+                if getattr(self, attr) != getattr(default, attr):
+                    parts.append(f"{key}={getattr(self, attr):g}")
+        return "/".join(parts)
+
+    @classmethod
+    def parse_inline(cls, text: str) -> HeadConfig:
+        kind, *rest = [p.strip() for p in text.split("/")]
+        kw: dict[str, Any] = {}
+        for part in rest:
+            key, sep, value = part.partition("=")
+            if not sep or key not in _INLINE_FIELDS:
+                raise HeadError(
+                    f"head {text!r}: bad part {part!r} (expected {', '.join(k + '=...' for k in _INLINE_FIELDS)})"
+                )
+            try:
+                kw["aux_weight" if key == "aux" else key] = _INLINE_FIELDS[key](value)
+            except ValueError:
+                raise HeadError(f"head {text!r}: {key} must be a number, got {value!r}") from None
+        return cls(kind=kind, **kw)
+
+
+def build_head(config: HeadConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """The head module: an ``nn.Conv2d`` for ``plain`` (LPS-Net's tensor names), else a :class:`LanguageHead`."""
+    if config.kind == "plain":
+        return nn.Conv2d(in_channels, num_classes, 1, 1, 0, bias=True)
+    text_dim = encoder_dim(config.text_encoder)
+    cls = DenseCLIPHead if config.kind == "denseclip" else FusionHead
+    return cls(config, in_channels, text_dim, num_classes)
+
+
+def _random_unit(num_classes: int, dim: int) -> torch.Tensor:
+    # Stand-ins until real class embeddings are set: seeded, so identical builds are identical
+    # networks (latency does not depend on the values; predictions do, so training sets them).
+    g = torch.Generator().manual_seed(num_classes * 1009 + dim)
+    return F.normalize(torch.randn(num_classes, dim, generator=g), dim=-1)
+
+
+class LanguageHead(nn.Module):
+    """Base of the language-guided heads: class embeddings in a buffer, a learnable logit scale.
+
+    Subclasses implement :meth:`forward` (``features -> logits``, and the auxiliary logits when
+    asked and they have them).
+    """
+
+    def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.in_channels = in_channels
+        self.text_dim = text_dim
+        self.register_buffer("class_embeddings", _random_unit(num_classes, text_dim))
+        self.class_names: tuple[str, ...] | None = None
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(INIT_SCALE)))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[0])
+
+    def set_class_embeddings(
+        self, embeddings: torch.Tensor, class_names: list[str] | tuple[str, ...] | None = None
+    ) -> None:
+        """Use these ``K x D`` class embeddings (any K); they are L2-normalised here.
+
+        Raises:
+            HeadError: Not a ``K x D`` tensor with this head's ``D``, or names that do not match K.
+        """
+        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] < 1:
+            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise HeadError(f"class embeddings must be a K x {self.text_dim} tensor with K >= 1, got {shape}")
+        if embeddings.shape[1] != self.text_dim:
+            raise HeadError(
+                f"class embeddings have dimension {embeddings.shape[1]}, but this head was built for its text "
+                f"encoder's {self.text_dim} ({self.config.text_encoder}); embed the classes with the same encoder"
+            )
+        if class_names is not None and len(class_names) != embeddings.shape[0]:
+            raise HeadError(f"{embeddings.shape[0]} class embeddings but {len(class_names)} class names")
+        ref = self.class_embeddings
+        self.class_embeddings = F.normalize(embeddings.detach().to(device=ref.device, dtype=ref.dtype), dim=-1)
+        self.class_names = None if class_names is None else tuple(str(n) for n in class_names)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A state dict saved for another class list holds K' x D embeddings: take its K.
+        key = prefix + "class_embeddings"
+        incoming = state_dict.get(key)
+        if isinstance(incoming, torch.Tensor) and incoming.ndim == 2 and incoming.shape[1] == self.text_dim:
+            self.class_embeddings = torch.empty_like(incoming, device=self.class_embeddings.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
+
+    def score_map(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine between every pixel (``B x D x H x W``) and class (``K x D`` or ``B x K x D``), scaled."""
+        b, d, h, w = pixels.shape
+        p = F.normalize(pixels, dim=1).reshape(b, d, h * w)
+        t = F.normalize(text, dim=-1)
+        if t.ndim == 2:
+            t = t.unsqueeze(0).expand(b, -1, -1)
+        return (torch.matmul(t, p) * self.scale()).reshape(b, t.shape[1], h, w)
+
+
+class DenseCLIPHead(LanguageHead):
+    """Pixels projected to the text dimension; logits = scale x cosine(pixel, class text)."""
+
+    def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
+        super().__init__(config, in_channels, text_dim, num_classes)
+        self.pixel = nn.Conv2d(in_channels, text_dim, 1, 1, 0, bias=True)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False) -> Any:
+        logits = self.score_map(self.pixel(x), self.class_embeddings)
+        return (logits, None) if return_aux else logits
+
+
+class _Attention(nn.Module):
+    """Multi-head attention as plain matmul and softmax (exports to ONNX at any opset we use)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, nq, d = query.shape
+        nk = context.shape[1]
+        h = self.heads
+        q = self.q(query).reshape(b, nq, h, d // h).transpose(1, 2)
+        k = self.k(context).reshape(b, nk, h, d // h).transpose(1, 2)
+        v = self.v(context).reshape(b, nk, h, d // h).transpose(1, 2)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        return self.out(torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d))
+
+
+class FusionLayer(nn.Module):
+    """Conv branch (visual map) and transformer branch (class tokens) in parallel, then the two-way bridge."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(dim),
+        )
+        self.text_norm1 = nn.LayerNorm(dim)
+        self.text_self = _Attention(dim, heads)
+        self.text_norm2 = nn.LayerNorm(dim)
+        self.text_mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+        self.to_text_q = nn.LayerNorm(dim)
+        self.to_text_kv = nn.LayerNorm(dim)
+        self.to_text = _Attention(dim, heads)
+        self.to_pixels_q = nn.LayerNorm(dim)
+        self.to_pixels_kv = nn.LayerNorm(dim)
+        self.to_pixels = _Attention(dim, heads)
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, d, h, w = v.shape
+        v = F.relu(v + self.conv(v))
+        n = self.text_norm1(t)
+        t = t + self.text_self(n, n)
+        t = t + self.text_mlp(self.text_norm2(t))
+        tokens = v.flatten(2).transpose(1, 2)
+        t = t + self.to_text(self.to_text_q(t), self.to_text_kv(tokens))
+        tokens = tokens + self.to_pixels(self.to_pixels_q(tokens), self.to_pixels_kv(t))
+        return tokens.transpose(1, 2).reshape(b, d, h, w), t
+
+
+class FusionHead(LanguageHead):
+    """The two-way fusion module (see the module docstring for what the paper leaves open)."""
+
+    def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
+        super().__init__(config, in_channels, text_dim, num_classes)
+        dim = config.dim
+        self.visual_in = nn.Sequential(
+            nn.Conv2d(in_channels, dim, 1, 1, 0, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)
+        )
+        self.text_in = nn.Linear(text_dim, dim)
+        self.layers = nn.ModuleList(FusionLayer(dim, config.heads) for _ in range(config.layers))
+        self.pixel_out = nn.Conv2d(dim, dim, 1, 1, 0, bias=True)
+        self.text_out = nn.Linear(dim, dim)
+        self.aux_pixel = nn.Conv2d(dim, dim, 1, 1, 0, bias=True) if config.has_aux else None
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False) -> Any:
+        b = x.shape[0]
+        t0 = self.text_in(self.class_embeddings).unsqueeze(0).expand(b, -1, -1)
+        v0 = self.visual_in(x)
+        v, t = v0, t0
+        for layer in self.layers:
+            v, t = layer(v, t)
+        logits = self.score_map(self.pixel_out(v), self.text_out(t) + t0)
+        if not return_aux:
+            return logits
+        aux = self.score_map(self.aux_pixel(v0), t0) if self.aux_pixel is not None else None
+        return logits, aux
