@@ -9,8 +9,8 @@
     arms alternate order between rounds so drifts of the machine hit all alike; a per-run check
     alternates our timed call with a bare forward every 3 runs.
 (b) Repeatability: ``scaler bench --no-cache --json`` run as separate processes, medians compared.
-(c) GPU (only where ``torch.cuda.is_available()``): S/M/L at 1x3x1024x2048, fp32 and fp16, eager vs
-    CUDA graph vs onnxruntime (and TensorRT if installed), written to ``--gpu-out``.
+(c) GPU: see ``benchmarks/bench_gpu.py`` (S/M/L at 1x3x1024x2048, every runtime, with its own
+    fidelity and repeatability checks).
 
 Writes ``<out>.json`` (every sample and the fingerprint) and ``<out>.md`` (the tables).
 """
@@ -34,7 +34,6 @@ import torch
 from torch.utils import benchmark
 
 from models import LPSNet, get_arch, reparameterize
-from scaler.errors import UserError
 from scaler.latency import measure_latency, steady_cpu_allocator
 from scaler.machine_load import OthersCPU, wait_for_quiet
 
@@ -249,58 +248,6 @@ def repeatability(
     }
 
 
-def gpu_section(out: Path) -> str:
-    """S/M/L at 1x3x1024x2048 on the GPU; returns a note for the CPU report."""
-    if not torch.cuda.is_available():
-        why = f"torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "no CUDA GPU visible"
-        note = f"GPU section skipped: torch.cuda.is_available() is False ({why})."
-        print(note)
-        return note
-    rows = []
-    for name in GPU_MODELS:
-        for dtype in ("fp32", "fp16"):
-            for backend in GPU_BACKENDS:
-                try:
-                    r = measure_latency(name, input_hw=(1024, 2048), device="cuda", dtype=dtype, backend=backend)
-                    rows.append({"model": name, "dtype": dtype, "backend": backend, **r.to_dict()})
-                    print(f"  {name} {dtype} {backend}: {r.median_ms:.3f} ms (n={r.n_samples}, stable={r.stable})")
-                except UserError as e:
-                    rows.append({"model": name, "dtype": dtype, "backend": backend, "skipped": str(e)})
-                    print(f"  {name} {dtype} {backend}: skipped ({e})")
-    done = [r for r in rows if "fingerprint" in r]
-    fp = done[0]["fingerprint"] if done else {}
-    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    lines = [
-        "# GPU latency of LPS-Net S/M/L at 1x3x1024x2048 (batch 1, deploy form, no final upsample)",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Device: {fp.get('device_name')} (CUDA {fp.get('cuda')}, cuDNN {fp.get('cudnn')}, "
-        f"TF32 convolutions {'on' if fp.get('cudnn_allow_tf32') else 'off'} for torch fp32), torch {fp.get('torch')}. "
-        "Median of single runs in ms (p10-p90); CUDA events for torch/cudagraph/TensorRT, wall clock for onnxruntime.",
-        "",
-        "| model | dtype | " + " | ".join(GPU_BACKENDS) + " |",
-        "|---|---|" + "---|" * len(GPU_BACKENDS),
-    ]
-    for name in GPU_MODELS:
-        for dtype in ("fp32", "fp16"):
-            cells = []
-            for backend in GPU_BACKENDS:
-                r = next(r for r in rows if (r["model"], r["dtype"], r["backend"]) == (name, dtype, backend))
-                if "skipped" in r:
-                    cells.append("skipped")
-                else:
-                    cells.append(f"{r['median_ms']:.2f} ({r['p10_ms']:.2f}-{r['p90_ms']:.2f})")
-            lines.append(f"| {name} | {dtype} | " + " | ".join(cells) + " |")
-    skipped = sorted({f"{r['backend']}: {r['skipped']}" for r in rows if "skipped" in r})
-    if skipped:
-        lines += ["", "Skipped:", *[f"- {s}" for s in skipped]]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return f"GPU results: {out.with_suffix('.md')}."
-
-
 def to_markdown(report: dict[str, Any]) -> str:
     fp = report["fingerprint"]
     shape = "x".join(map(str, fp["input_shape"]))
@@ -418,7 +365,6 @@ def main() -> None:
     p.add_argument("--max-wait", type=float, default=300.0, help="Longest wait for a quiet machine per round (s).")
     p.add_argument("--retries", type=int, default=5, help="Times a round is run again when others got busy during it.")
     p.add_argument("--out", default="benchmarks/results/latency_cpu")
-    p.add_argument("--gpu-out", default="benchmarks/results/latency_gpu")
     args = p.parse_args()
     hw = tuple(int(v) for v in args.input.lower().split("x"))
     # measure_latency switches the process's malloc to keep freed memory (it would otherwise page a
@@ -434,7 +380,7 @@ def main() -> None:
     print("(b) repeatability", flush=True)
     rep = repeatability(args.repeat_model, hw, args.threads, args.repeats, quiet, args.retries)
     print("(c) GPU", flush=True)
-    gpu_note = gpu_section(Path(args.gpu_out))
+    gpu_note = "GPU: `python benchmarks/bench_gpu.py` (results in benchmarks/results/latency_gpu.md)."
     after = loadavg()
     missed = [n for n, f in fid.items() if abs(f["ratio"] - 1) > GOAL]
     ratios = ", ".join(f"{n} {f['ratio']:.3f}" for n, f in fid.items())

@@ -12,18 +12,16 @@ Module and tensor names follow the reference implementation, so its checkpoints 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .arch import NUM_STAGES, STAGE_STRIDES, ArchError, LPSNetArch
-from .heads import LanguageHead, build_head
-from .text import class_embeddings
+from .base import SegNet, resize
+from .heads import build_head
 
 __all__ = [
     "INTERACTION_STAGES",
@@ -42,12 +40,6 @@ INTERACTION_STAGES = (2, 3)
 
 class CheckpointError(ValueError):
     """A state dict that does not describe an LPS-Net, or not the one asked for."""
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if x.shape[-2] == size[0] and x.shape[-1] == size[1]:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def _block(c_in: int, c_out: int, stride: int, deploy: bool) -> nn.Sequential:
@@ -72,7 +64,7 @@ class LPSPath(nn.Module):
         self.stages = nn.ModuleList(stages)
 
 
-class LPSNet(nn.Module):
+class LPSNet(SegNet):
     """LPS-Net built from an :class:`~models.arch.LPSNetArch`.
 
     Args:
@@ -109,62 +101,14 @@ class LPSNet(nn.Module):
         height, width = int(x.shape[-2]), int(x.shape[-1])
         self.arch.check_input_size(height, width)
         sizes = self.arch.path_input_size(height, width)
-        feats = [_resize(x, s) for s in sizes]
+        feats = [resize(x, s) for s in sizes]
         paths = self.paths
         for i in range(NUM_STAGES):
             feats = [p.stages[i](f) for p, f in zip(paths, feats, strict=True)]
             if i in INTERACTION_STAGES and len(feats) > 1:
                 feats = _interact(feats)
         top = (int(feats[0].shape[-2]), int(feats[0].shape[-1]))
-        return torch.cat([feats[0]] + [_resize(f, top) for f in feats[1:]], dim=1)
-
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-        logits = self.head(self.features(x))
-        if upsample:
-            logits = _resize(logits, (int(x.shape[-2]), int(x.shape[-1])))
-        return logits
-
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits and the head's auxiliary logits (``None`` without them), both at the input's size."""
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        feats = self.features(x)
-        if not isinstance(self.head, LanguageHead):
-            return _resize(self.head(feats), size), None
-        logits, aux = self.head(feats, return_aux=True)
-        return _resize(logits, size), (None if aux is None else _resize(aux, size))
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self.head.class_names if isinstance(self.head, LanguageHead) else None
-
-    def set_classes(self, class_names: list[str] | tuple[str, ...], embeddings: torch.Tensor | None = None) -> None:
-        """Point a language-guided head at these classes (embedded with the head's encoder unless given).
-
-        ``arch.num_classes`` follows the new list, so the logits get one channel per class.
-
-        Raises:
-            ArchError: The head is ``plain`` (its classes are fixed by its weights).
-            HeadError, TextEncoderError: Bad embeddings or class names, or an encoder that cannot load.
-        """
-        set_head_classes(self, class_names, embeddings)
-
-
-def set_head_classes(
-    model: nn.Module, class_names: list[str] | tuple[str, ...], embeddings: torch.Tensor | None
-) -> None:
-    """:meth:`LPSNet.set_classes` for any network with ``arch`` and a ``head`` (every backbone family)."""
-    head = model.head
-    if not isinstance(head, LanguageHead):
-        raise ArchError(
-            f"{model.arch.inline()} has a plain head: its classes are fixed by its weights; "
-            "build it with a language-guided head (h=denseclip or h=fusion) to name classes"
-        )
-    if embeddings is None:
-        cfg = model.arch.head
-        embeddings = class_embeddings(cfg.text_encoder, list(class_names), cfg.templates)
-    head.set_class_embeddings(embeddings, list(class_names))
-    if model.arch.num_classes != head.num_classes:
-        model.arch = dataclasses.replace(model.arch, num_classes=head.num_classes)
+        return torch.cat([feats[0]] + [resize(f, top) for f in feats[1:]], dim=1)
 
 
 def _interact(feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -174,7 +118,7 @@ def _interact(feats: list[torch.Tensor]) -> list[torch.Tensor]:
         acc = f
         for j, g in enumerate(feats):
             if j != i:
-                acc = acc + _resize(g, size)
+                acc = acc + resize(g, size)
         out.append(acc)
     return out
 

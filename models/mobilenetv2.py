@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from .arch import PLAIN_HEAD, ArchError
-from .heads import HeadConfig, HeadError, LanguageHead, build_head
-from .lpsnet import _fuse_conv_bn, _resize, set_head_classes
+from .base import SegNet
+from .heads import HeadConfig, HeadError, build_head
+from .lpsnet import _fuse_conv_bn
 
 __all__ = ["FAMILY", "MobileNetV2Arch", "MobileNetV2Seg", "adjust_channels", "parse_inline", "reparameterize"]
 
@@ -196,7 +197,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class MobileNetV2Seg(nn.Module):
+class MobileNetV2Seg(SegNet):
     """MobileNetV2-style backbone at output stride 16 with any head (see the module docstring)."""
 
     def __init__(self, arch: MobileNetV2Arch, *, deploy: bool = False) -> None:
@@ -222,28 +223,6 @@ class MobileNetV2Seg(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self.arch.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         return self.backbone(x)
-
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-        logits = self.head(self.features(x))
-        if upsample:
-            logits = _resize(logits, (int(x.shape[-2]), int(x.shape[-1])))
-        return logits
-
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        feats = self.features(x)
-        if not isinstance(self.head, LanguageHead):
-            return _resize(self.head(feats), size), None
-        logits, aux = self.head(feats, return_aux=True)
-        return _resize(logits, size), (None if aux is None else _resize(aux, size))
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self.head.class_names if isinstance(self.head, LanguageHead) else None
-
-    def set_classes(self, class_names: list[str] | tuple[str, ...], embeddings: torch.Tensor | None = None) -> None:
-        """See :meth:`models.lpsnet.LPSNet.set_classes`."""
-        set_head_classes(self, class_names, embeddings)
 
 
 @torch.no_grad()
