@@ -63,8 +63,35 @@ def _as_factor(name: str, i: int, v: Any) -> float:
     return float(v)
 
 
+class ArchJSON:
+    """JSON and hash of an architecture dataclass, from its ``to_dict`` (shared by every family)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "architecture") -> Any:
+        raise NotImplementedError
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "architecture") -> Any:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(data, source=source)
+
+    def arch_hash(self, *, length: int = 12) -> str:
+        """Stable identifier of the architecture: same network, same hash, across processes and hosts."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
 @dataclasses.dataclass(frozen=True)
-class LPSNetArch:
+class LPSNetArch(ArchJSON):
     """One LPS-Net: per-stage depth and width, per-path input resolution, number of classes.
 
     Args:
@@ -184,22 +211,6 @@ class LPSNetArch:
             )
         except ArchError as e:
             raise ArchError(f"{source}: {e}") from None
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "architecture") -> LPSNetArch:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArchError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        return cls.from_dict(data, source=source)
-
-    def arch_hash(self, *, length: int = 12) -> str:
-        """Stable identifier of the architecture: same network, same hash, across processes and hosts."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
     def inline(self) -> str:
         """The inline spelling accepted everywhere an ARCH is, e.g. ``lpsnet:d=1,1,1,1,1;w=...;r=0.5``."""

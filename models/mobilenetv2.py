@@ -14,15 +14,13 @@ the backbone into its conv (the deploy form).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from .arch import PLAIN_HEAD, ArchError
+from .arch import PLAIN_HEAD, ArchError, ArchJSON
 from .base import SegNet
 from .heads import HeadConfig, HeadError, build_head
 from .lpsnet import _fuse_conv_bn
@@ -48,7 +46,7 @@ def adjust_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class MobileNetV2Arch:
+class MobileNetV2Arch(ArchJSON):
     """One MobileNetV2-style segmentation network.
 
     Args:
@@ -126,13 +124,6 @@ class MobileNetV2Arch:
             )
         except ArchError as e:
             raise ArchError(f"{source}: {e}") from None
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def arch_hash(self, *, length: int = 12) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
     def inline(self) -> str:
         text = f"{FAMILY}:m={self.width_mult:g}"
