@@ -20,6 +20,7 @@ Results are cached in memory and on disk (``$LPS_SCALER_TEXT_CACHE``, default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -119,6 +120,8 @@ class MiniLMEncoder(TextEncoder):
                 # The model ships inside the package: never ask the Hugging Face hub for anything.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                with contextlib.suppress(Exception):  # a progress bar of its own is noise in our output
+                    importlib.import_module("transformers").utils.logging.disable_progress_bar()
                 cls._model = st.SentenceTransformer(str(package.get_model_path()), device="cpu")
             return cls._model
 
