@@ -40,6 +40,7 @@ from torch.utils import benchmark
 
 import scaler.latency as latency
 from models import LPSNet, get_arch, reparameterize
+from models.base import FixedUpsample
 from scaler.errors import UserError
 from scaler.latency import measure_latency
 
@@ -141,7 +142,7 @@ def fidelity(name: str, rounds: int) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     model = reparameterize(LPSNet(get_arch(name)).eval()).cuda()
-    forward = latency._Forward(model, upsample=False).eval()
+    forward = FixedUpsample(model, upsample=False).eval()
     x = torch.randn(1, 3, *HW, device="cuda")
     out: dict[str, Any] = {}
     with torch.inference_mode():

@@ -30,7 +30,6 @@ MAX_PATHS = 3
 # Stride of the first block of each stage (the method's definition); output stride 16.
 STAGE_STRIDES = (2, 2, 2, 2, 1)
 FAMILY = "lpsnet"
-_FIELDS = ("family", "depth", "width", "resolution", "num_classes", "head")
 PLAIN_HEAD = HeadConfig()
 
 
@@ -63,8 +62,19 @@ def _as_factor(name: str, i: int, v: Any) -> float:
     return float(v)
 
 
+def loads_object(text: str, source: str) -> Any:
+    """``json.loads(text)``, or one line naming ``source`` and where the JSON breaks."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArchError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
 class ArchJSON:
-    """JSON and hash of an architecture dataclass, from its ``to_dict`` (shared by every family)."""
+    """What every architecture family shares: JSON, hash, and the checks of the fields they have in
+    common (``num_classes``, ``head``, the keys of a dict form)."""
+
+    FIELDS: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -78,16 +88,33 @@ class ArchJSON:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "architecture") -> Any:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArchError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(loads_object(text, source), source=source)
 
     def arch_hash(self, *, length: int = 12) -> str:
         """Stable identifier of the architecture: same network, same hash, across processes and hosts."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+    def _check_classes_and_head(self) -> None:
+        """Validate ``num_classes`` and turn a head given as a kind or mapping into a HeadConfig."""
+        nc = self.num_classes  # type: ignore[attr-defined]
+        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+            raise ArchError(f"num_classes must be an integer >= 1, got {nc!r}")
+        head = self.head  # type: ignore[attr-defined]
+        if not isinstance(head, HeadConfig):
+            try:
+                object.__setattr__(self, "head", HeadConfig.from_dict(head))
+            except HeadError as e:
+                raise ArchError(str(e)) from None
+
+    @classmethod
+    def _check_keys(cls, data: Any, source: str) -> None:
+        """``data`` must be a dict whose keys are all in ``FIELDS``."""
+        if not isinstance(data, dict):
+            raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.FIELDS))
+        if unknown:
+            raise ArchError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(cls.FIELDS)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +142,8 @@ class LPSNetArch(ArchJSON):
     num_classes: int = 19
     head: HeadConfig = PLAIN_HEAD
 
+    FIELDS = ("family", "depth", "width", "resolution", "num_classes", "head")
+
     def __post_init__(self) -> None:
         depth = _as_int_tuple("depth", self.depth)
         width = _as_int_tuple("width", self.width)
@@ -135,14 +164,7 @@ class LPSNetArch(ArchJSON):
         factors = tuple(sorted((r for r in raw if r > 0), reverse=True))
         if not factors:
             raise ArchError(f"resolution must have at least one non-zero factor, got {raw}")
-        nc = self.num_classes
-        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
-            raise ArchError(f"num_classes must be an integer >= 1, got {nc!r}")
-        if not isinstance(self.head, HeadConfig):
-            try:
-                object.__setattr__(self, "head", HeadConfig.from_dict(self.head))
-            except HeadError as e:
-                raise ArchError(str(e)) from None
+        self._check_classes_and_head()
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "resolution", factors)
@@ -172,8 +194,6 @@ class LPSNetArch(ArchJSON):
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
         return h, w
 
-    family = FAMILY
-
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; :meth:`from_dict` inverts it. A plain head is left out (the paper's network)."""
         out: dict[str, Any] = {
@@ -190,11 +210,7 @@ class LPSNetArch(ArchJSON):
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "architecture") -> LPSNetArch:
         """Build from :meth:`to_dict` output; unknown or missing keys are errors naming ``source``."""
-        if not isinstance(data, dict):
-            raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise ArchError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(_FIELDS)})")
+        cls._check_keys(data, source)
         family = data.get("family", FAMILY)
         if family != FAMILY:
             raise ArchError(f"{source}: family must be {FAMILY!r}, got {family!r}")

@@ -18,7 +18,7 @@ from .arch import ArchError
 from .heads import LanguageHead
 from .text import class_embeddings
 
-__all__ = ["SegNet", "resize"]
+__all__ = ["FixedUpsample", "SegNet", "resize"]
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -26,6 +26,19 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if x.shape[-2] == size[0] and x.shape[-1] == size[1]:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class FixedUpsample(nn.Module):
+    """``model`` with ``upsample`` fixed, so tools that call ``module(x)`` (FLOP counters, exporters,
+    graph capture) see the form that is meant: the head's logits, or logits at the input size."""
+
+    def __init__(self, model: SegNet, upsample: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.upsample = upsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, upsample=self.upsample)
 
 
 class SegNet(nn.Module):

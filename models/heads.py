@@ -145,9 +145,7 @@ class HeadConfig:
             kw["templates"] = tuple(kw["templates"])
         try:
             return cls(**kw)
-        except HeadError as e:
-            raise HeadError(f"{source}: {e}") from None
-        except TypeError as e:
+        except (HeadError, TypeError) as e:
             raise HeadError(f"{source}: {e}") from None
 
     def inline(self) -> str:
@@ -203,7 +201,6 @@ class LanguageHead(nn.Module):
     def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
         super().__init__()
         self.config = config
-        self.in_channels = in_channels
         self.text_dim = text_dim
         self.register_buffer("class_embeddings", _random_unit(num_classes, text_dim))
         self.class_names: tuple[str, ...] | None = None

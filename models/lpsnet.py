@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .arch import NUM_STAGES, STAGE_STRIDES, ArchError, LPSNetArch
-from .base import SegNet, resize
+from .base import FixedUpsample, SegNet, resize
 from .heads import build_head
 
 __all__ = [
@@ -121,19 +121,6 @@ def _interact(feats: list[torch.Tensor]) -> list[torch.Tensor]:
                 acc = acc + resize(g, size)
         out.append(acc)
     return out
-
-
-class FixedUpsample(nn.Module):
-    """``model`` with ``upsample`` fixed, so tools that call ``module(x)`` (FLOP counters, exporters,
-    graph capture) see the form that is meant: the head's logits, or logits at the input size."""
-
-    def __init__(self, model: LPSNet, upsample: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.upsample = upsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, upsample=self.upsample)
 
 
 def _fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

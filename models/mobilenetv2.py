@@ -33,7 +33,6 @@ FAMILY = "mobilenetv2"
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 1), (6, 320, 1, 1))
 STEM_CHANNELS = 32
 OUTPUT_STRIDE = 16
-_FIELDS = ("family", "width_mult", "num_classes", "head")
 
 
 def adjust_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
@@ -62,23 +61,14 @@ class MobileNetV2Arch(ArchJSON):
     num_classes: int = 19
     head: HeadConfig = PLAIN_HEAD
 
-    family = FAMILY
-    resolution = (1.0,)
-    num_paths = 1
+    FIELDS = ("family", "width_mult", "num_classes", "head")
 
     def __post_init__(self) -> None:
         m = self.width_mult
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 < m <= 4:
             raise ArchError(f"width_mult must be a number in (0, 4], got {m!r}")
         object.__setattr__(self, "width_mult", float(m))
-        nc = self.num_classes
-        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
-            raise ArchError(f"num_classes must be an integer >= 1, got {nc!r}")
-        if not isinstance(self.head, HeadConfig):
-            try:
-                object.__setattr__(self, "head", HeadConfig.from_dict(self.head))
-            except HeadError as e:
-                raise ArchError(str(e)) from None
+        self._check_classes_and_head()
 
     @property
     def stem_channels(self) -> int:
@@ -109,11 +99,7 @@ class MobileNetV2Arch(ArchJSON):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "architecture") -> MobileNetV2Arch:
-        if not isinstance(data, dict):
-            raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise ArchError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(_FIELDS)})")
+        cls._check_keys(data, source)
         if data.get("family") != FAMILY:
             raise ArchError(f"{source}: family must be {FAMILY!r}, got {data.get('family')!r}")
         try:

@@ -16,7 +16,6 @@ MobileNetV2-style network (:class:`~models.mobilenetv2.MobileNetV2Arch`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 
 from . import lpsnet, mobilenetv2
 from .arch import FAMILY as LPSNET_FAMILY
-from .arch import ArchError, LPSNetArch, parse_inline
+from .arch import ArchError, LPSNetArch, loads_object, parse_inline
 from .heads import HEAD_KINDS, HeadConfig
 from .lpsnet import LPSNet
 from .mobilenetv2 import MobileNetV2Arch, MobileNetV2Seg
@@ -126,11 +125,7 @@ def load_arch_json(path: str | Path) -> SegArch:
         text = path.read_text()
     except OSError as e:
         raise ArchError(f"{path}: cannot read architecture file ({e.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    return arch_from_dict(data, source=str(path))
+    return arch_from_dict(loads_object(text, str(path)), source=str(path))
 
 
 def resolve_arch(spec: str | Path | SegArch, *, num_classes: int | None = None) -> SegArch:

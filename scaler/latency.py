@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from models import SegArch, SegModel, arch_from_dict, build_model, reparameterize, resolve_arch
+from models.base import FixedUpsample
 
 from .errors import UserError
 from .machine_load import OthersCPU, wait_for_quiet
@@ -685,18 +686,6 @@ def _resolve(s: LatencySettings) -> LatencySettings:
 # --------------------------------------------------------------------------- the network
 
 
-class _Forward(nn.Module):
-    """Fixes ``upsample`` so exporters and graph capture see a one-argument forward."""
-
-    def __init__(self, model: SegModel, upsample: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.upsample = upsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, upsample=self.upsample)
-
-
 def _build_model(arch: SegArch, given: SegModel | None, s: LatencySettings) -> nn.Module:
     if given is not None:
         if given.deploy and not s.deploy:
@@ -715,7 +704,7 @@ def _build_model(arch: SegArch, given: SegModel | None, s: LatencySettings) -> n
     model = model.eval().to(device=torch.device(s.device), dtype=_TORCH_DTYPES[s.dtype])
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return _Forward(model, s.include_upsample).eval()
+    return FixedUpsample(model, s.include_upsample).eval()
 
 
 def _make_input(s: LatencySettings) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models import SegArch, build_model, portable_state_dict
+from models import SegArch, SegModel, build_model, portable_state_dict
 
 from .augment import AugmentConfig, TrainStream, normalize
 from .data import DataError, SegmentationDataset, open_dataset
@@ -329,13 +329,10 @@ def train_and_evaluate(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device_type=device.type, enabled=amp):
-                if aux_weight:
-                    logits, aux = model.forward_with_aux(x)
-                    loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
+                logits, aux = model.forward_with_aux(x) if aux_weight else (model(x), None)
+                loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
+                if aux is not None:
                     loss = loss + aux_weight * F.cross_entropy(aux.float(), y, ignore_index=info.ignore_index)
-                else:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -420,15 +417,14 @@ def train_and_evaluate(
     return result
 
 
-def _save(path: str | Path, model: nn.Module, arch: SegArch, config: TrainConfig, result: TrainResult) -> None:
+def _save(path: str | Path, model: SegModel, arch: SegArch, config: TrainConfig, result: TrainResult) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = portable_state_dict(model)
     tmp = path.with_name(path.name + ".tmp")
     blob = {"arch": arch.to_dict(), "state_dict": state, "train_config": config.to_dict(), "result": result.to_dict()}
-    names = getattr(model, "class_names", None)
-    if names is not None:  # a language-guided head: the names its class embeddings stand for
-        blob["class_names"] = list(names)
+    if model.class_names is not None:  # a language-guided head: the names its class embeddings stand for
+        blob["class_names"] = list(model.class_names)
     torch.save(blob, tmp)
     tmp.replace(path)
 

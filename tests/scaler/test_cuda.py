@@ -15,6 +15,7 @@ from stripes import Stripes
 
 import scaler.latency as latency
 from models import LPSNet, LPSNetArch, reparameterize
+from models.base import FixedUpsample
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.latency import LatencyCache, measure_latency
@@ -65,7 +66,7 @@ def test_cuda_measurement_and_fingerprint(backend, dtype, channels_last):
 def test_cudagraph_replays_the_same_function_as_eager():
     # A shallow network: a deep one with random weights gives nearly the same output for any input.
     model = reparameterize(LPSNet(SMALL_NET).eval()).cuda()
-    forward = latency._Forward(model, upsample=False).eval()
+    forward = FixedUpsample(model, upsample=False).eval()
     x = torch.randn(1, 3, *HW, device="cuda")
     with torch.inference_mode():
         expected = forward(x)
