@@ -38,11 +38,11 @@ import torch
 from _common import command_line
 from torch.utils import benchmark
 
-import scaler.latency as latency
+import scaler.measure.latency as latency
 from models import LPSNet, get_arch, reparameterize
 from models.base import FixedUpsample
 from scaler.errors import UserError
-from scaler.latency import measure_latency
+from scaler.measure.latency import measure_latency
 
 MODELS = ("lpsnet_tiny", "lpsnet_s", "lpsnet_m", "lpsnet_l")
 # (label, dtype, TF32 allowed)

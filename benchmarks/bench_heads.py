@@ -28,9 +28,9 @@ import torch
 from _common import command_line, machine, machine_line
 
 from models import HeadConfig, build_model, resolve_arch
-from scaler.latency import measure_latency
-from scaler.machine_load import wait_for_quiet
-from scaler.train import TrainConfig, cached_dataset, train_and_evaluate
+from scaler.measure.latency import measure_latency
+from scaler.measure.load import wait_for_quiet
+from scaler.proxy.train import TrainConfig, cached_dataset, train_and_evaluate
 
 BACKBONES = ("lpsnet:d=1,1,1,1,1;w=4,24,48,96,96;r=1", "mobilenetv2_050")
 HEADS = ("plain", "denseclip", "fusion")

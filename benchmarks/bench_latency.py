@@ -34,8 +34,8 @@ import torch
 from torch.utils import benchmark
 
 from models import LPSNet, get_arch, reparameterize
-from scaler.latency import measure_latency, steady_cpu_allocator
-from scaler.machine_load import OthersCPU, wait_for_quiet
+from scaler.measure.latency import measure_latency, steady_cpu_allocator
+from scaler.measure.load import OthersCPU, wait_for_quiet
 
 GPU_MODELS = ("lpsnet_s", "lpsnet_m", "lpsnet_l")
 GPU_BACKENDS = ("torch", "cudagraph", "onnxruntime", "tensorrt")
@@ -47,7 +47,7 @@ def loadavg() -> list[float]:
 
 
 def wait_quiet(threshold: float, max_wait_s: float) -> dict[str, Any]:
-    """:func:`scaler.machine_load.wait_for_quiet`, as the record a round keeps."""
+    """:func:`scaler.measure.load.wait_for_quiet`, as the record a round keeps."""
     busy, waited = wait_for_quiet(threshold, max_wait_s, window_s=1.0)
     return {"busy_share": None if busy is None else round(busy, 3), "waited_s": round(waited, 1)}
 
@@ -176,7 +176,7 @@ def per_run(
     Uses the library's own runner (copy of the network, input, timed call) so that the comparison is
     free of the machine's drift between windows, which dominates the round-level ratios above.
     """
-    from scaler import latency
+    from scaler.measure import latency
 
     s = latency.LatencySettings(input_hw=hw, threads=threads)
     ours: list[float] = []

@@ -20,8 +20,8 @@ import torch
 from _common import command_line, machine, machine_line
 
 from models import resolve_arch
-from scaler.complexity import measure_complexity
-from scaler.train import TrainConfig, cached_dataset, train_and_evaluate
+from scaler.measure.complexity import measure_complexity
+from scaler.proxy.train import TrainConfig, cached_dataset, train_and_evaluate
 
 DEFAULT_ARCHS = [
     "lpsnet_tiny",

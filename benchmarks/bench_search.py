@@ -33,12 +33,13 @@ from typing import Any
 
 from _common import command_line, machine, machine_line
 
-from scaler.frontier import hypervolume, open_run, trials_frame
-from scaler.latency import LatencyCache
-from scaler.machine_load import OthersCPU, wait_for_quiet
-from scaler.plotting import plot_run
-from scaler.search import run_search
-from scaler.space import SearchSpace, load_space
+from scaler.measure.latency import LatencyCache
+from scaler.measure.load import OthersCPU, wait_for_quiet
+from scaler.report.draw import plot_run
+from scaler.report.frontier import hypervolume, trials_frame
+from scaler.search.run import run_search
+from scaler.search.space import SearchSpace, load_space
+from scaler.search.store import open_run
 
 BASELINES = ("random", "nsga2", "tpe")
 GOAL_OVERHEAD = 0.05

@@ -24,8 +24,8 @@ from _common import command_line, machine, machine_line
 from torch.utils.data import DataLoader
 
 from models import LPSNet, resolve_arch
-from scaler.augment import AugmentConfig, TrainStream
-from scaler.train import TrainConfig, cached_dataset, train_and_evaluate
+from scaler.proxy.augment import AugmentConfig, TrainStream
+from scaler.proxy.train import TrainConfig, cached_dataset, train_and_evaluate
 
 
 def bare_loop(arch, batch: int, crop: tuple[int, int], iters: int, num_classes: int, seed: int) -> float:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from scaler.files import atomic_path
+
 __all__ = [
     "DEFAULT_TEMPLATES",
     "TEXT_CACHE_ENV",
@@ -336,9 +338,8 @@ def class_embeddings(
         _MEMORY[key] = emb
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(emb, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, fsync=False) as tmp:
+                torch.save(emb, tmp)
         except OSError:  # an unwritable cache costs time, not correctness
             pass
     return emb.clone()

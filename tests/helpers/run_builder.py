@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from models import LPSNet, LPSNetArch, get_arch, parse_inline
-from scaler.expand import Constraints
-from scaler.space import space_from_dict
-from scaler.store import RunStore, distributions, open_storage
+from scaler.search.expand import Constraints
+from scaler.search.space import space_from_dict
+from scaler.search.store import RunStore, distributions, open_storage
 
 CLASSES = ["road", "car", "sky", "tree"]
 INPUT_HW = (48, 80)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scaler.data import DataError, DatasetInfo, SegmentationDataset
+from scaler.proxy.data import DataError, DatasetInfo, SegmentationDataset
 
 
 class Stripes(SegmentationDataset):

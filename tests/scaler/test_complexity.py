@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from models import LPSNetArch, get_arch
-from scaler.complexity import measure_complexity
+from scaler.measure.complexity import measure_complexity
 
 THREE_PATHS = LPSNetArch(depth=(1, 2, 1, 2, 1), width=(4, 6, 8, 10, 12), resolution=(1, 0.5, 0.375), num_classes=5)
 

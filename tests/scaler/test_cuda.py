@@ -13,13 +13,13 @@ import torch
 from click.testing import CliRunner
 from stripes import Stripes
 
-import scaler.latency as latency
+import scaler.measure.latency as latency
 from models import LPSNet, LPSNetArch, reparameterize
 from models.base import FixedUpsample
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.latency import LatencyCache, measure_latency
-from scaler.train import TrainConfig, train_and_evaluate
+from scaler.measure.latency import LatencyCache, measure_latency
+from scaler.proxy.train import TrainConfig, train_and_evaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from scaler.search import open_run
-from scaler.store import RunStore, open_storage
+from scaler.search.store import RunStore, open_run, open_storage
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from models import LPSNetArch, get_arch
-from scaler.expand import (
+from scaler.search.expand import (
     PAPER_OPERATORS,
     Constraints,
     Operator,

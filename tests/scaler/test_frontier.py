@@ -11,12 +11,11 @@ from run_builder import A_WD, CLASSES, GREEDY_TRIALS, TINY, make_greedy_run, mak
 
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.frontier import (
+from scaler.report.frontier import (
     PATH_COLUMNS,
     TRIAL_COLUMNS,
     greedy_path,
     hypervolume,
-    open_run,
     operator_dimension,
     pareto_front,
     reference_point,
@@ -25,7 +24,7 @@ from scaler.frontier import (
     trials_frame,
     write_tables,
 )
-from scaler.store import RunStore
+from scaler.search.store import RunStore, open_run
 
 # ---------------------------------------------------------------------------------------------
 

@@ -11,15 +11,16 @@ import torch
 from click.testing import CliRunner
 from stripes import Stripes
 
-import scaler.search as search_mod
+import scaler.search.run as search_mod
 from models import HeadConfig, LPSNetArch, build_model, class_embeddings, save_embeddings
 from scaler.cli import main
-from scaler.data import open_dataset
-from scaler.export import export_trial
-from scaler.latency import measure_latency
-from scaler.search import open_run, run_search
-from scaler.space import SpaceError, load_space
-from scaler.train import TrainConfig, train_and_evaluate
+from scaler.measure.latency import measure_latency
+from scaler.proxy.data import open_dataset
+from scaler.proxy.train import TrainConfig, train_and_evaluate
+from scaler.report.export import export_trial
+from scaler.search.run import run_search
+from scaler.search.space import SpaceError, load_space
+from scaler.search.store import open_run
 
 SMALL = LPSNetArch(depth=(1, 1, 1, 1, 1), width=(8, 8, 16, 16, 16), resolution=(1,))
 FAST = {"warmup": 1, "min_samples": 3, "max_samples": 6, "time_cap_s": 1.0, "threads": 1, "max_others_share": None}

@@ -18,11 +18,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import scaler.latency as latency
+import scaler.measure.latency as latency
 from models import LPSNet, get_arch
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.latency import (
+from scaler.measure.latency import (
     LatencyCache,
     LatencyResult,
     LatencySettings,
@@ -321,7 +321,7 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
 _WRITER = textwrap.dedent(
     """
     import json, sys
-    from scaler.latency import LatencyCache, LatencyResult
+    from scaler.measure.latency import LatencyCache, LatencyResult
     cache = LatencyCache(sys.argv[1])
     base = LatencyResult.from_dict(json.loads(open(sys.argv[2]).read()))
     tag = sys.argv[3]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler import machine_load
-from scaler.machine_load import OthersCPU, busy_share, wait_for_quiet
+from scaler.measure import load as machine_load
+from scaler.measure.load import OthersCPU, busy_share, wait_for_quiet
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat (Linux)")
 

@@ -9,13 +9,14 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-import scaler.search as search_mod
-import scaler.strategies as strategies_mod
+import scaler.search.run as search_mod
+import scaler.search.strategies.samplers as strategies_mod
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.search import open_run, run_search
-from scaler.space import load_space
-from scaler.train import TrainResult
+from scaler.proxy.train import TrainResult
+from scaler.search.run import run_search
+from scaler.search.space import load_space
+from scaler.search.store import open_run
 
 SPACE = """\
 name: t
@@ -299,9 +300,9 @@ def test_sampler_gives_up_when_nothing_fits_the_budget(tmp_path, fake_latency, m
 
 def test_sampler_view_of_an_architecture_round_trips():
     from models import get_arch
-    from scaler.expand import Constraints
-    from scaler.store import arch_from_params
-    from scaler.strategies import sampler_params, sampler_to_params
+    from scaler.search.expand import Constraints
+    from scaler.search.store import arch_from_params
+    from scaler.search.strategies.samplers import sampler_params, sampler_to_params
 
     c = Constraints(width_divisor=4, max_depth=12, max_width=192)
     arch = get_arch("lpsnet_tiny")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from models import get_arch
-from scaler.expand import PAPER_OPERATORS
-from scaler.space import SpaceError, load_space, space_from_dict
+from scaler.search.expand import PAPER_OPERATORS
+from scaler.search.space import SpaceError, load_space, space_from_dict
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 

@@ -12,8 +12,8 @@ import time
 from optuna.trial import TrialState
 
 from models import get_arch
-from scaler.expand import Constraints
-from scaler.store import STALE_AFTER_S, RunStore, distributions, open_storage
+from scaler.search.expand import Constraints
+from scaler.search.store import STALE_AFTER_S, RunStore, distributions, open_storage
 
 ARCH = get_arch("lpsnet_tiny")
 

@@ -8,9 +8,9 @@ import torch
 from stripes import Stripes
 
 from models import LPSNet, LPSNetArch, get_arch
-from scaler.augment import AugmentConfig, TrainStream, colour_jitter, resize_pair
 from scaler.errors import UserError
-from scaler.train import (
+from scaler.proxy.augment import AugmentConfig, TrainStream, colour_jitter, resize_pair
+from scaler.proxy.train import (
     TrainConfig,
     confusion_matrix,
     evaluate,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scaler.data import (
+from scaler.proxy.data import (
     IGNORE_INDEX,
     DataError,
     SegmentationDataset,
@@ -24,7 +24,7 @@ from scaler.data import (
     folder,
     open_dataset,
 )
-from scaler.data.files import LabelMap
+from scaler.proxy.data.files import LabelMap
 
 H, W = 8, 12
 

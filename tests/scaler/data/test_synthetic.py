@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import scaler.data.synthetic as synthetic
-from scaler.data import DataError, dataset_kinds, open_dataset
-from scaler.data.synthetic import (
+import scaler.proxy.data.synthetic as synthetic
+from scaler.proxy.data import DataError, dataset_kinds, open_dataset
+from scaler.proxy.data.synthetic import (
     CLASS_NAMES,
     SyntheticOptions,
     SyntheticStreets,
@@ -58,7 +58,7 @@ def _digest(image: torch.Tensor, mask: torch.Tensor) -> str:
 
 def test_same_seed_gives_identical_samples_in_another_process() -> None:
     code = (
-        "import hashlib; from scaler.data import open_dataset; "
+        "import hashlib; from scaler.proxy.data import open_dataset; "
         "image, mask = open_dataset('synthetic:size=64x128,train=2,val=2', 'val', seed=5)[1]; "
         "print(hashlib.sha256(image.numpy().tobytes() + mask.numpy().tobytes()).hexdigest())"
     )

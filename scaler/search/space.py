@@ -19,11 +19,10 @@ from typing import Any
 import yaml
 
 from models import ArchError, HeadConfig, HeadError, LPSNetArch, resolve_arch
-
-from .errors import UserError
-from .expand import PAPER_OPERATORS, Constraints, Operator
-from .latency import LOAD_GUARD_KEYS, LatencySettings
-from .train import TrainConfig
+from scaler.errors import UserError
+from scaler.measure.latency import LOAD_GUARD_KEYS, LatencySettings
+from scaler.proxy.train import TrainConfig
+from scaler.search.expand import PAPER_OPERATORS, Constraints, Operator
 
 __all__ = ["GreedySettings", "SearchSpace", "SpaceError", "Stopping", "load_space", "space_from_dict"]
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,18 @@ import optuna
 from optuna.trial import TrialState
 
 from models import LPSNetArch, class_embeddings
+from scaler.errors import UserError
+from scaler.measure.latency import LatencyCache, measure_latency
+from scaler.measure.load import busy_share
+from scaler.proxy.data import open_dataset
+from scaler.proxy.train import TrainConfig, train_and_evaluate
+from scaler.search.run_folder import JOURNAL_NAME, WEIGHTS_DIR, check_run_dir, exclusive, write_record
+from scaler.search.space import SearchSpace, space_from_dict
+from scaler.search.store import Claim, RunStore, StorageError, arch_params, distributions, open_storage
+from scaler.search.strategies import Decision, SearchContext, TrialRecord, make_strategy
 
-from .data import open_dataset
-from .errors import UserError
-from .frontier import open_run
-from .latency import LatencyCache, measure_latency
-from .machine_load import busy_share
-from .space import SearchSpace, space_from_dict
-from .store import JOURNAL_NAME, Claim, RunStore, StorageError, arch_params, distributions, open_storage
-from .strategies import Decision, SearchContext, TrialRecord, make_strategy
-from .train import TrainConfig, train_and_evaluate
+__all__ = ["SearchSummary", "evaluate_claim", "run_search", "run_worker"]
 
-__all__ = ["RUN_FILE", "SearchSummary", "evaluate_claim", "open_run", "run_search", "run_worker"]
-
-RUN_FILE = "run.json"
-LOCK_NAME = ".search.lock"
 POLL_S = 2.0
 
 
@@ -61,66 +56,6 @@ class SearchSummary:
 
 def _space_record(space: SearchSpace, class_names: list[str]) -> dict[str, Any]:
     return {**space.to_dict(), "num_classes": len(class_names)}
-
-
-def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> bool:
-    """Check that ``run_dir`` is new, empty, or holds this very search; ``True`` if it holds none yet.
-
-    Nothing is written: a run that belongs to another search is never touched.
-    """
-    marker = run_dir / RUN_FILE
-    if marker.exists():
-        try:
-            existing = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{marker}: unreadable run record ({e}); use another --out") from None
-        for key in ("strategy", "study_name", "storage"):
-            if existing.get(key) != record[key]:
-                raise UserError(
-                    f"{run_dir} is a run with {key} {existing.get(key)!r}, not {record[key]!r}; "
-                    "use the same options to resume it, or another --out for a new run"
-                )
-        return False
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file, not a folder")
-    # Left behind by an attempt that stopped before its first write (say, unreachable storage).
-    leftovers = {LOCK_NAME} | (
-        {JOURNAL_NAME} if (run_dir / JOURNAL_NAME).exists() and (run_dir / JOURNAL_NAME).stat().st_size == 0 else set()
-    )
-    if run_dir.exists() and any(p.name not in leftovers for p in run_dir.iterdir()):
-        raise UserError(
-            f"--out {run_dir} is a non-empty folder that holds no run ({RUN_FILE} missing); "
-            "choose an empty or new folder"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--out {run_dir}: cannot write the run folder ({e.strerror})") from None
-    return True
-
-
-def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    marker = run_dir / RUN_FILE
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(marker)
-
-
-@contextlib.contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
-    path = run_dir / LOCK_NAME
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{run_dir}: another search is running on this run folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def evaluate_claim(
@@ -202,12 +137,12 @@ def run_search(
         "strategy": strategy,
         "space_hash": space.space_hash(),
     }
-    is_new = _check_run_dir(run_dir, record)
-    with _exclusive(run_dir):
+    is_new = check_run_dir(run_dir, record)
+    with exclusive(run_dir):
         storage = open_storage(storage_url, run_dir)
         store = RunStore(storage, study_name, info.num_classes)
         if is_new:
-            _write_record(run_dir, record)
+            write_record(run_dir, record)
         stored = store.get("space")
         if stored is not None:
             # Stopping rules may change between sessions (to extend a finished search); nothing else may.
@@ -247,7 +182,7 @@ def run_search(
         ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log)
         strat = make_strategy(strategy, space, seed=seed, batch=max(1, workers))
         dists = distributions(space.constraints)
-        weights_dir = run_dir / "weights" if keep_weights else None
+        weights_dir = run_dir / WEIGHTS_DIR if keep_weights else None
         procs = _start_workers(workers, run_dir, storage_url, study_name, weights_dir)
         try:
             reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress, bars)
@@ -439,7 +374,7 @@ def _loop(
 def _start_workers(
     n: int, run_dir: Path, storage_url: str | None, study_name: str, weights_dir: Path | None
 ) -> list[subprocess.Popen]:
-    url = storage_url or f"journal:{(run_dir / 'study.journal').resolve()}"
+    url = storage_url or f"journal:{(run_dir / JOURNAL_NAME).resolve()}"
     cmd = [
         sys.executable,
         "-m",

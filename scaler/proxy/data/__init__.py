@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import (
+from scaler.proxy.data.base import (
     IGNORE_INDEX,
     DataError,
     DatasetInfo,

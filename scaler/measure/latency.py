@@ -48,7 +48,6 @@ import platform
 import re
 import socket
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -60,9 +59,10 @@ from torch import nn
 
 from models import SegArch, SegModel, arch_from_dict, build_model, reparameterize, resolve_arch
 from models.base import FixedUpsample
-
-from .errors import UserError
-from .machine_load import OthersCPU, wait_for_quiet
+from scaler.device import parse_device, resolve_device
+from scaler.errors import UserError
+from scaler.files import atomic_write_text
+from scaler.measure.load import OthersCPU, wait_for_quiet
 
 __all__ = [
     "BACKENDS",
@@ -109,7 +109,6 @@ _OUTPUT_ATOL = 1e-5
 # Fingerprint keys that describe where a result came from but do not change it, so they stay out
 # of its hash: the same GPU model in another host (or a container with a new name) reuses entries.
 _UNHASHED_KEYS = ("host", "python")
-_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 # glibc's mallopt parameters and the values a CPU measurement runs under (see steady_cpu_allocator).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -187,10 +186,7 @@ class LatencySettings:
             raise UserError(f"unknown latency backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        device = str(self.device).strip().lower()
-        if not _DEVICE_RE.match(device):
-            raise UserError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
-        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "device", parse_device(self.device))
         _check_int("batch", self.batch, 1)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
@@ -509,19 +505,10 @@ class LatencyCache:
         """
         final = self.entry_path(key)
         entry = {"format": CACHE_FORMAT, "key": key, "result": {**result.to_dict(), "from_cache": False}}
-        tmp = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{key}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            atomic_write_text(final, json.dumps(entry))
         except OSError as e:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
             raise UserError(
                 f"cannot write the latency cache in {self.path} ({e.strerror or e}); "
                 f"set {CACHE_ENV} to a writable folder"
@@ -654,22 +641,9 @@ def _resolve(s: LatencySettings) -> LatencySettings:
         raise UserError(f"--channels-last applies to the torch and cudagraph backends, not {s.backend} (ONNX is NCHW)")
     if s.backend == "onnxruntime" and s.dtype == "bf16":
         raise UserError("the onnxruntime backend does not run bf16 convolutions; use fp32 (or fp16 on cuda)")
-    device = s.device
+    device = str(resolve_device(s.device))
     if s.is_cuda:
-        if not torch.cuda.is_available():
-            why = (
-                f"torch {torch.__version__} was built without CUDA"
-                if torch.version.cuda is None
-                else "no CUDA GPU is visible"
-            )
-            raise UserError(f"CUDA is not available ({why}); use --device cpu")
-        count = torch.cuda.device_count()
         index = torch.device(device).index
-        if index is None:
-            index = torch.cuda.current_device()
-        if index >= count:
-            raise UserError(f"device {s.device!r} does not exist: {count} CUDA device(s) visible (cuda:0..{count - 1})")
-        device = f"cuda:{index}"
         if s.dtype == "bf16" and not torch.cuda.is_bf16_supported():
             raise UserError(f"{torch.cuda.get_device_name(index)} does not support bf16; use fp32 or fp16")
         if s.backend == "onnxruntime":

@@ -7,8 +7,8 @@ splits are the folders of those names; ``test`` is left for the user's own final
 
 from __future__ import annotations
 
-from .base import IGNORE_INDEX, DatasetInfo, SegmentationDataset, register_dataset
-from .files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
+from scaler.proxy.data.base import IGNORE_INDEX, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
 
 __all__ = ["CLASS_NAMES", "LABEL_MAP", "open_camvid"]
 

@@ -40,10 +40,9 @@ from models import (
     reparameterize,
 )
 from models.lpsnet import FixedUpsample
-
-from .errors import UserError
-from .frontier import open_run, trials_frame
-from .store import RunStore
+from scaler.errors import UserError
+from scaler.report.frontier import trials_frame
+from scaler.search.store import RunStore, open_run
 
 __all__ = [
     "FORMATS",
@@ -102,7 +101,7 @@ def select_trial(
     """Choose the trial to export; exactly one rule must be given.
 
     Args:
-        df: From :func:`~scaler.frontier.trials_frame`.
+        df: From :func:`~scaler.report.frontier.trials_frame`.
         trial: This trial number (it must be complete; references allowed).
         max_latency_ms: The best mIoU among complete search trials at most this slow (ties: faster,
             then lower number).
@@ -439,7 +438,7 @@ def _model_card(
     upsample: bool,
     trained: bool,
 ) -> str:
-    from .complexity import measure_complexity
+    from scaler.measure.complexity import measure_complexity
 
     space = store.get("space") or {}
     h, w = int(shape[-2]), int(shape[-1])

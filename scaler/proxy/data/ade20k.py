@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
-from .files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
+from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
 
 __all__ = ["CLASS_NAMES", "LABEL_MAP", "open_ade20k", "read_object_info"]
 

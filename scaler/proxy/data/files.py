@@ -2,7 +2,7 @@
 mapping raw mask values to class indices, and the one dataset class every file-based loader returns.
 
 Every problem a user can cause (a missing folder, an image without a mask, an undecodable file, a mask of the
-wrong size or with a value that is no class) raises :class:`~scaler.data.base.DataError` with one line that names
+wrong size or with a value that is no class) raises :class:`~scaler.proxy.data.base.DataError` with one line that names
 the file and, for labels, the value.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset
+from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset
 
 __all__ = [
     "IMAGE_SUFFIXES",

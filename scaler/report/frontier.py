@@ -1,6 +1,6 @@
 """Reading a run: every trial as a table, the Pareto frontier, its hypervolume, the greedy path.
 
-Everything here reads the study (see :mod:`scaler.store` for the trial schema) and returns pandas
+Everything here reads the study (see :mod:`scaler.search.store` for the trial schema) and returns pandas
 frames, so the CLI, the plots and notebooks share one view of a run. mIoU stays a fraction in
 ``[0, 1]`` as the study stores it; latency is the median in milliseconds.
 
@@ -12,9 +12,7 @@ are not results of the search.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,16 +22,13 @@ import optuna
 import pandas as pd
 
 from models import LPSNetArch
-
-from .errors import UserError
-from .store import JOURNAL_NAME, RunStore, open_storage
+from scaler.errors import UserError
+from scaler.files import atomic_path
+from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV
+from scaler.search.store import RunStore, open_run
 
 __all__ = [
-    "FRONTIER_CSV",
     "PATH_COLUMNS",
-    "PATH_CSV",
-    "RUN_META",
-    "TRIALS_CSV",
     "TRIAL_COLUMNS",
     "FrontierReport",
     "Hypervolume",
@@ -51,10 +46,6 @@ __all__ = [
     "write_tables",
 ]
 
-RUN_META = "run.json"
-TRIALS_CSV = "trials.csv"
-FRONTIER_CSV = "frontier.csv"
-PATH_CSV = "path.csv"
 
 TRIAL_COLUMNS = [
     "number",
@@ -104,46 +95,6 @@ PATH_COLUMNS = [
 _INT_COLUMNS = ("step", "parent", "steplen", "retry_of", "num_paths")
 _STEP_KEY = re.compile(r"^step_(\d+)$")
 _KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
-
-
-def open_run(run_dir: str | Path) -> RunStore:
-    """Open the study of the run in ``run_dir`` (its ``run.json`` names study and storage).
-
-    A folder with a journal but no ``run.json`` is accepted when the journal holds one study.
-
-    Raises:
-        UserError: The folder does not exist, is not a run, or its study cannot be opened; one line.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
-    meta_path = run_dir / RUN_META
-    journal = run_dir / JOURNAL_NAME
-    study_name: str | None = None
-    url = "journal"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{meta_path}: cannot read the run's metadata ({e})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("study_name"), str):
-            raise UserError(f"{meta_path}: expected a JSON object with a 'study_name' string")
-        study_name = meta["study_name"]
-        url = str(meta.get("storage") or "journal")
-    elif not journal.is_file():
-        raise UserError(
-            f"{run_dir}: not a run folder (no {RUN_META} or {JOURNAL_NAME}); 'scaler search --out' makes one"
-        )
-    # Opening a journal that is not there would create an empty one inside the user's folder.
-    if url == "journal" and not journal.is_file():
-        raise UserError(f"{journal}: the run's journal is missing")
-    storage = open_storage(None if url == "journal" else url, run_dir)
-    if study_name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        if len(names) != 1:
-            raise UserError(f"{journal}: holds {len(names)} studies ({', '.join(names) or 'none'}) and no {RUN_META}")
-        study_name = names[0]
-    return RunStore.load(storage, study_name)
 
 
 _RUNTIMES = {
@@ -544,9 +495,8 @@ def greedy_path(store: RunStore, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=False) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_tables(run_dir: str | Path, store: RunStore) -> dict[str, Path]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from scaler.errors import UserError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -84,7 +84,7 @@ def register_dataset(kind: str) -> Callable[[Opener], Opener]:
 
 def dataset_kinds() -> list[str]:
     """The registered SPEC kinds."""
-    from . import loaders  # noqa: F401  (registers the kinds)
+    from scaler.proxy.data import loaders  # noqa: F401  (registers the kinds)
 
     return sorted(_OPENERS)
 
@@ -97,7 +97,7 @@ def open_dataset(spec: str, split: str = "train", *, seed: int = 0) -> Segmentat
         DataError: Unknown kind, missing path, or a tree not in the expected layout (one line saying
             what is missing where).
     """
-    from . import loaders  # noqa: F401  (registers the kinds)
+    from scaler.proxy.data import loaders  # noqa: F401  (registers the kinds)
 
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', got {split!r}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import SegmentationDataset
+from scaler.proxy.data import SegmentationDataset
 
 __all__ = ["MEAN", "STD", "AugmentConfig", "TrainStream", "colour_jitter", "normalize", "resize_pair"]
 

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import ade20k, camvid, cityscapes, folder, synthetic  # noqa: F401
+from scaler.proxy.data import ade20k, camvid, cityscapes, folder, synthetic  # noqa: F401

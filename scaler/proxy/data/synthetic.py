@@ -47,7 +47,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
 
 __all__ = [
     "CACHE_BYTES",

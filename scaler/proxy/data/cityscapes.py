@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
-from .base import IGNORE_INDEX, DatasetInfo, SegmentationDataset, register_dataset
-from .files import (
+from scaler.proxy.data.base import IGNORE_INDEX, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.files import (
     FileSegmentationDataset,
     LabelMap,
     dataset_root,

@@ -34,22 +34,21 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from models import LPSNetArch
-
-from .errors import UserError
-from .expand import Constraints
+from scaler.errors import UserError
+from scaler.search.expand import Constraints
+from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
 
 __all__ = [
-    "JOURNAL_NAME",
     "Claim",
     "RunStore",
     "StorageError",
     "arch_from_params",
     "arch_params",
     "distributions",
+    "open_run",
     "open_storage",
 ]
 
-JOURNAL_NAME = "study.journal"
 HEARTBEAT_INTERVAL_S = 10.0
 STALE_AFTER_S = 60.0
 
@@ -347,3 +346,33 @@ class RunStore:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+def open_run(run_dir: str | Path) -> RunStore:
+    """Open the study of the run in ``run_dir`` (its ``run.json`` names study and storage).
+
+    A folder with a journal but no ``run.json`` is accepted when the journal holds one study.
+
+    Raises:
+        UserError: The folder does not exist, is not a run, or its study cannot be opened; one line.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    journal = run_dir / JOURNAL_NAME
+    record = read_record(run_dir)
+    if record is None and not journal.is_file():
+        raise UserError(
+            f"{run_dir}: not a run folder (no {RUN_FILE} or {JOURNAL_NAME}); 'scaler search --out' makes one"
+        )
+    url = str((record or {}).get("storage") or "journal")
+    # Opening a journal that is not there would create an empty one inside the user's folder.
+    if url == "journal" and not journal.is_file():
+        raise UserError(f"{journal}: the run's journal is missing")
+    storage = open_storage(None if url == "journal" else url, run_dir)
+    if record is not None:
+        return RunStore.load(storage, record["study_name"])
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if len(names) != 1:
+        raise UserError(f"{journal}: holds {len(names)} studies ({', '.join(names) or 'none'}) and no {RUN_FILE}")
+    return RunStore.load(storage, names[0])

@@ -1,4 +1,4 @@
-"""Drawing the data of :mod:`scaler.plots` with matplotlib, into PNG or SVG files.
+"""Drawing the data of :mod:`scaler.report.plot_data` with matplotlib, into PNG or SVG files.
 
 Figures are built on the Agg canvas directly (no pyplot), so drawing never touches a global
 backend or opens a window, and works on headless machines.
@@ -16,9 +16,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .errors import UserError
-from .frontier import RunInfo
-from .plots import FrontierPlot, NamedPoint, PathPoint, StepsPlot
+from scaler.errors import UserError
+from scaler.files import atomic_path
+from scaler.report.frontier import RunInfo
+from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, StepsPlot
+from scaler.search.run_folder import PLOTS_DIR
 
 __all__ = ["FORMATS", "draw_frontier", "draw_steps", "plot_run"]
 
@@ -54,7 +56,8 @@ def _check_path(path: str | Path) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     try:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        with atomic_path(path, fsync=False) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix[1:])
     except OSError as e:
         raise UserError(f"{path}: cannot write the plot ({e.strerror})") from None
     return path
@@ -451,12 +454,13 @@ def plot_run(
     Raises:
         UserError: A run cannot be opened, or a file cannot be written.
     """
-    from .frontier import open_run, trials_frame
-    from .plots import frontier_plot_data, steps_plot_data
+    from scaler.report.frontier import trials_frame
+    from scaler.report.plot_data import frontier_plot_data, steps_plot_data
+    from scaler.search.store import open_run
 
     run_dir = Path(run_dir)
     if output is None:
-        frontier_path, steps_path = run_dir / "plots" / "frontier.png", run_dir / "plots" / "steps.png"
+        frontier_path, steps_path = run_dir / PLOTS_DIR / "frontier.png", run_dir / PLOTS_DIR / "steps.png"
     else:
         frontier_path = _check_path(output)
         steps_path = frontier_path.with_name(f"{frontier_path.stem}_steps{frontier_path.suffix}")

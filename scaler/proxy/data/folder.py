@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
-from .files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
+from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.files import FileSegmentationDataset, LabelMap, dataset_root, pair_by_stem, require_dir
 
 __all__ = ["VAL_EVERY", "open_folder", "read_class_names"]
 

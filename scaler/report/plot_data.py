@@ -1,4 +1,4 @@
-"""What the plots of a run show, as plain data (no matplotlib here; :mod:`scaler.plotting` draws it).
+"""What the plots of a run show, as plain data (no matplotlib here; :mod:`scaler.report.draw` draws it).
 
 - :func:`frontier_plot_data`: latency vs mIoU with every candidate (failed ones at their latency),
   the Pareto frontier, the greedy path with the dimension chosen at each step, named models, and
@@ -18,9 +18,8 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from models import get_arch, parse_inline
-
-from .frontier import RunInfo, greedy_path, pareto_front, run_info
-from .store import RunStore
+from scaler.report.frontier import RunInfo, greedy_path, pareto_front, run_info
+from scaler.search.store import RunStore
 
 __all__ = [
     "NAMED_MODELS",
@@ -169,7 +168,7 @@ def frontier_plot_data(
 
     Args:
         store: The run's study.
-        df: Its :func:`~scaler.frontier.trials_frame`.
+        df: Its :func:`~scaler.report.frontier.trials_frame`.
         name: The run's label (default: the study name).
         compare: ``(label, trials frame)`` of other runs whose frontiers are overlaid.
 
@@ -196,7 +195,7 @@ def steps_plot_data(store: RunStore, df: pd.DataFrame, *, name: str | None = Non
 
     Args:
         store: The run's study.
-        df: Its :func:`~scaler.frontier.trials_frame`.
+        df: Its :func:`~scaler.report.frontier.trials_frame`.
         name: The run's label (default: the study name).
     """
     search = df[df["reference"].isna() & df["step"].notna()]

@@ -25,10 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import SegArch, SegModel, build_model, portable_state_dict
-
-from .augment import AugmentConfig, TrainStream, normalize
-from .data import DataError, SegmentationDataset, open_dataset
-from .errors import UserError
+from scaler.device import resolve_device
+from scaler.errors import UserError
+from scaler.files import atomic_path
+from scaler.proxy.augment import AugmentConfig, TrainStream, normalize
+from scaler.proxy.data import DataError, SegmentationDataset, open_dataset
 
 __all__ = [
     "TrainConfig",
@@ -56,7 +57,7 @@ class TrainConfig:
         lr: Peak learning rate.
         momentum, weight_decay, poly_power: The SGD recipe.
         warmup_iters: Linear warm-up steps (``None``: 5% of ``iters``).
-        scale, flip, jitter: Augmentation, see :class:`~scaler.augment.AugmentConfig`.
+        scale, flip, jitter: Augmentation, see :class:`~scaler.proxy.augment.AugmentConfig`.
         seed: Fixes initial weights, image order and augmentation.
         device: ``cpu``, ``cuda`` or ``cuda:i``.
         amp: Mixed precision; ``None``: on for CUDA, off on the CPU.
@@ -267,7 +268,7 @@ def train_and_evaluate(
         UserError: The dataset SPEC cannot be opened or the device does not exist (nothing to train).
         TextEncoderError: A language-guided head's text encoder cannot embed the class names.
     """
-    device = _device(config.device)
+    device = resolve_device(config.device)
     train_set = train_set if train_set is not None else cached_dataset(config.dataset, "train", config.seed)
     val_set = val_set if val_set is not None else cached_dataset(config.dataset, "val", config.seed)
     info = train_set.info
@@ -421,27 +422,11 @@ def _save(path: str | Path, model: SegModel, arch: SegArch, config: TrainConfig,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = portable_state_dict(model)
-    tmp = path.with_name(path.name + ".tmp")
     blob = {"arch": arch.to_dict(), "state_dict": state, "train_config": config.to_dict(), "result": result.to_dict()}
     if model.class_names is not None:  # a language-guided head: the names its class embeddings stand for
         blob["class_names"] = list(model.class_names)
-    torch.save(blob, tmp)
-    tmp.replace(path)
-
-
-def _device(spec: str) -> torch.device:
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"unknown device {spec!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {spec!r} asked for, but CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif device.type != "cpu":
-        raise UserError(f"device {spec!r} is not supported: use cpu, cuda or cuda:N")
-    return device
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:

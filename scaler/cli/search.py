@@ -1,0 +1,169 @@
+"""``scaler search`` and ``scaler worker``: run or resume a search; help one from any host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scaler.cli.main import emit_json, main
+
+
+@main.command("search")
+@click.option(
+    "--space",
+    "space_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Search-space YAML (see search_spaces/).",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: created, or resumed when it holds this search.",
+)
+@click.option(
+    "--storage",
+    default=None,
+    help="Study storage URL for several hosts (postgresql://user:pw@host/db); default: a journal "
+    "file in the run folder.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Local worker processes that train candidates; 0 trains in this process.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["greedy", "random", "tpe", "nsga2"]),
+    default="greedy",
+    show_default=True,
+    help="greedy is the method; the others are Optuna-sampler baselines.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baseline samplers.")
+@click.option("--keep-weights", is_flag=True, help="Keep every candidate's proxy-trained weights in RUN/weights.")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def search_cmd(
+    space_file: str,
+    run_dir: str,
+    storage: str | None,
+    workers: int,
+    strategy: str,
+    seed: int,
+    keep_weights: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Grow networks from the space's start, measuring latency here and mIoU by short training.
+
+    Every candidate is kept as a trial of an Optuna study in the run. Running the same command
+    again resumes the search: finished evaluations are reused, and a candidate whose worker died is
+    evaluated again. Other machines can help with `scaler worker --storage URL --study NAME`.
+    """
+
+    from scaler.search.run import run_search
+    from scaler.search.space import load_space
+
+    space = load_space(space_file)
+
+    def log(message: str) -> None:
+        # Warnings reach stderr even with --quiet or --json (stdout keeps only the summary).
+        if message.startswith("warning:") or not (quiet or as_json):
+            click.echo(message, err=True)
+
+    summary = run_search(
+        space,
+        Path(run_dir),
+        space_file=space_file,
+        storage_url=storage,
+        strategy=strategy,
+        workers=workers,
+        seed=seed,
+        keep_weights=keep_weights,
+        log=log,
+        progress=False if quiet or as_json else None,
+    )
+    files, report = _write_run_outputs(Path(run_dir))
+    data = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()},
+        "files": files,
+        "frontier": report.to_dict(),
+    }
+    if as_json:
+        emit_json(data)
+        return
+    overhead = summary.seconds - summary.latency_seconds - summary.train_seconds
+    click.echo(
+        f"{summary.strategy} search in {run_dir}: {summary.stop_reason}\n"
+        f"  trials       {summary.trials} ({summary.complete} complete, {summary.failed} failed)\n"
+        f"  time         {summary.seconds:.0f} s: latency {summary.latency_seconds:.0f} s, training "
+        f"{summary.train_seconds:.0f} s, other {overhead:.0f} s\n"
+        f"  study        {summary.study_name}\n"
+        f"  files        {', '.join(files)}\n"
+        f"  next         scaler export {run_dir} --max-latency MS --format onnx -o DIR\n"
+    )
+    click.echo(report.format())
+
+
+def _write_run_outputs(run_dir: Any) -> tuple[list[str], Any]:
+    """The run's tables, plots and frontier report, written at the end of every search session."""
+    from scaler.report.draw import plot_run
+    from scaler.report.frontier import summarize_run
+    from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV
+
+    report = summarize_run(run_dir)
+    plots = plot_run(run_dir)
+    tables = [str(Path(run_dir) / name) for name in (TRIALS_CSV, FRONTIER_CSV, PATH_CSV)]
+    return tables + [str(p) for p in plots.values()], report
+
+
+@main.command("worker")
+@click.option(
+    "--storage", required=True, help="The search's storage: postgresql://... or journal:/shared/path/RUN/study.journal."
+)
+@click.option("--study", "study_name", required=True, help="Study name (printed by scaler search).")
+@click.option("--device", default=None, help="Train on this device instead of the space's (cpu, cuda:N).")
+@click.option(
+    "--weights-dir", type=click.Path(file_okay=False), default=None, help="Keep the proxy-trained weights here."
+)
+@click.option("--max-idle", type=float, default=None, help="Exit after this many seconds without work.")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option("--quiet", is_flag=True, help="No progress bars or per-trial lines.")
+def worker_cmd(
+    storage: str,
+    study_name: str,
+    device: str | None,
+    weights_dir: str | None,
+    max_idle: float | None,
+    parent_pid: int | None,
+    run_dir: str | None,
+    quiet: bool,
+) -> None:
+    """Train queued candidates of a search until it finishes (run it on any machine)."""
+
+    from scaler.search.run import run_worker
+
+    def log(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    n = run_worker(
+        storage,
+        study_name,
+        device=device,
+        weights_dir=Path(weights_dir) if weights_dir else None,
+        max_idle_s=max_idle,
+        parent_pid=parent_pid,
+        run_dir=Path(run_dir) if run_dir else None,
+        log=log,
+        progress=False if quiet else None,
+    )
+    if not quiet:
+        click.echo(f"worker done: {n} candidate(s) evaluated")

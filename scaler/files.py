@@ -1,0 +1,74 @@
+"""Writing files so that a reader never sees half of one: the one helper every writer uses.
+
+A file is written to a temporary name in its own folder, flushed to disk, and renamed over the final
+name (an atomic step on POSIX file systems), so any number of processes may read while one writes:
+they see the whole old file, the whole new one, or none. A crash mid-write leaves the old file (and
+at worst a stray ``.NAME.*.tmp``), never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block succeeds.
+
+    For writers that want a file name (``torch.save``, ``DataFrame.to_csv``, ``savefig``). The parent
+    folder must exist. If the block raises, the temporary file is removed and ``path`` is untouched.
+
+    Args:
+        path: The final file.
+        fsync: Flush the file (and the rename) to disk before returning, so the new content
+            survives a power cut; off for files that are cheap to make again.
+
+    Raises:
+        OSError: The folder cannot be written; nothing is left behind.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
+    """Replace ``path``'s content with ``data`` atomically (see :func:`atomic_path`). Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
+    """Replace ``path``'s content with ``text`` (UTF-8) atomically (see :func:`atomic_path`). Returns ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; some file systems cannot open a folder for that, which costs
+    # durability there, never correctness.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

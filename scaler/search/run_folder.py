@@ -1,0 +1,128 @@
+"""A run folder: the names of what it holds, and the checks that keep one search's folder its own.
+
+```
+RUN/run.json          which study and storage the run uses, its strategy and space hash
+RUN/study.journal     the Optuna study (default storage), every candidate a trial
+RUN/artifacts/        files attached to the study (plots, model cards): Optuna's artifact store
+RUN/weights/          proxy-trained weights, with --keep-weights
+RUN/trials.csv, frontier.csv, path.csv, plots/   written by the report at the end of a session
+RUN/.search.lock      held by the search process while it runs
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from scaler.errors import UserError
+from scaler.files import atomic_write_text
+
+__all__ = [
+    "ARTIFACTS_DIR",
+    "FRONTIER_CSV",
+    "JOURNAL_NAME",
+    "LOCK_NAME",
+    "PATH_CSV",
+    "PLOTS_DIR",
+    "RUN_FILE",
+    "TRIALS_CSV",
+    "WEIGHTS_DIR",
+    "check_run_dir",
+    "exclusive",
+    "read_record",
+    "write_record",
+]
+
+RUN_FILE = "run.json"
+JOURNAL_NAME = "study.journal"
+LOCK_NAME = ".search.lock"
+ARTIFACTS_DIR = "artifacts"
+WEIGHTS_DIR = "weights"
+PLOTS_DIR = "plots"
+TRIALS_CSV = "trials.csv"
+FRONTIER_CSV = "frontier.csv"
+PATH_CSV = "path.csv"
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``run.json`` as a dict, or ``None`` when the folder has none.
+
+    Raises:
+        UserError: It exists but is not a JSON object naming a study.
+    """
+    marker = run_dir / RUN_FILE
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{marker}: cannot read the run's metadata ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("study_name"), str):
+        raise UserError(f"{marker}: expected a JSON object with a 'study_name' string")
+    return record
+
+
+def check_run_dir(run_dir: Path, record: dict[str, Any]) -> bool:
+    """Check that ``run_dir`` is new, empty, or holds this very search; ``True`` if it holds none yet.
+
+    Nothing is written to a run that belongs to another search.
+
+    Raises:
+        UserError: The folder holds another search, is a file, holds other files, or cannot be written.
+    """
+    existing = read_record(run_dir)
+    if existing is not None:
+        for key in ("strategy", "study_name", "storage"):
+            if existing.get(key) != record[key]:
+                raise UserError(
+                    f"{run_dir} is a run with {key} {existing.get(key)!r}, not {record[key]!r}; "
+                    "use the same options to resume it, or another --out for a new run"
+                )
+        return False
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a folder")
+    # Left behind by an attempt that stopped before its first write (say, unreachable storage).
+    journal = run_dir / JOURNAL_NAME
+    leftovers = {LOCK_NAME} | ({JOURNAL_NAME} if journal.exists() and journal.stat().st_size == 0 else set())
+    if run_dir.exists() and any(p.name not in leftovers for p in run_dir.iterdir()):
+        raise UserError(
+            f"--out {run_dir} is a non-empty folder that holds no run ({RUN_FILE} missing); "
+            "choose an empty or new folder"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {run_dir}: cannot write the run folder ({e.strerror})") from None
+    return True
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write ``run.json`` (atomically)."""
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=2))
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block: one search process per run folder.
+
+    Raises:
+        UserError: Another search holds it.
+    """
+    path = run_dir / LOCK_NAME
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir}: another search is running on this run folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
