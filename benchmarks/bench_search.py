@@ -35,8 +35,8 @@ from _common import command_line, machine, machine_line
 
 from scaler.measure.latency import LatencyCache
 from scaler.measure.load import OthersCPU, wait_for_quiet
+from scaler.report import hypervolume, trials_frame
 from scaler.report.draw import plot_run
-from scaler.report.frontier import hypervolume, trials_frame
 from scaler.search.run import run_search
 from scaler.search.space import SearchSpace, load_space
 from scaler.search.store import open_run

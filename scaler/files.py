@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one: the one helper every writer uses.
+"""Writing records: plain-JSON values, and files that a reader never sees half of.
 
 A file is written to a temporary name in its own folder, flushed to disk, and renamed over the final
 name (an atomic step on POSIX file systems), so any number of processes may read while one writes:
@@ -9,12 +9,19 @@ at worst a stray ``.NAME.*.tmp``), never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tuples become lists; anything else JSON lacks, its ``str``)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 @contextlib.contextmanager

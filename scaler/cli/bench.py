@@ -99,6 +99,7 @@ def bench_cmd(
     told otherwise. Results are cached by architecture + device fingerprint + stopping rule.
     """
     from scaler.measure.latency import LatencyCache, measure_latency
+    from scaler.report.render import format_latency
 
     resolved = resolve_arch(arch, num_classes=classes)
     cache = LatencyCache(cache_dir)
@@ -126,37 +127,7 @@ def bench_cmd(
     if as_json:
         emit_json({"name": arch if arch in list_models() else None, **r.to_dict(), "cache_entry": str(entry)})
         return
-    target = r.rule["target_rel_spread"]
-    if r.stable:
-        stable = f"yes: IQR/median {r.rel_spread:.1%} <= {target:.1%} after {r.n_samples} samples"
-    else:
-        limit = f"{r.rule['max_samples']} samples" if r.stop_reason == "max_samples" else f"{r.rule['time_cap_s']:g} s"
-        stable = f"no: stopped at {limit} with IQR/median {r.rel_spread:.1%} > {target:.1%}"
-    if r.from_cache:
-        source = f"from the cache (measured {r.measured_at}; --no-cache measures again): {entry}"
-    elif r.under_load:
-        source = "not stored: measured under load"
-    else:
-        source = f"measured now{' (--no-cache)' if no_cache else ''}, stored in {entry}"
-    lines = [
-        f"{arch}" if arch == resolved.inline() else f"{arch}  ({resolved.inline()})",
-        f"  median       {r.median_ms:.3f} ms per forward pass (batch {batch})",
-        f"  spread       p10 {r.p10_ms:.3f}  p90 {r.p90_ms:.3f}  IQR {r.iqr_ms:.3f} ms  (n={r.n_samples})",
-        f"  stable       {stable}",
-        f"  measured on  {r.describe_setup()}",
-        f"  fingerprint  {r.fingerprint_hash}  (host {r.fingerprint['host']})",
-        f"  cache        {source}",
-    ]
-    if r.others_cpu_share is not None and not r.fingerprint["device"].startswith("cuda"):
-        retried = f", measured again {r.load_retries}x after waiting" if r.load_retries else ""
-        lines.insert(-2, f"  other load   others used {r.others_cpu_share:.0%} of the CPUs meanwhile{retried}")
-    if r.fingerprint["device"].startswith("cuda") and r.fingerprint["backend"] == "torch":
-        lines.append(
-            "  note         eager CUDA at batch 1 times how fast the host launches kernels as much as the GPU: "
-            "separate measurements of LPS-Net S/M/L on an H100 varied by 30-60%; --backend cudagraph "
-            "measures the GPU (within 2% across runs there)"
-        )
-    click.echo("\n".join(lines))
+    click.echo(format_latency(arch, r, cache_entry=entry, refreshed=no_cache))
     if r.under_load:
         click.echo(
             f"warning: other processes used {r.others_cpu_share:.0%} of the CPUs during the measurement (limit "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from models import LPSNetArch, describe_model, get_arch, list_models, resolve_arch
+from models import describe_model, get_arch, list_models, resolve_arch
 from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
 
 
@@ -12,6 +12,8 @@ from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_cmd(as_json: bool) -> None:
     """List the registered networks."""
+    from scaler.report.render import format_models
+
     rows = []
     for name in list_models():
         arch = get_arch(name)
@@ -27,15 +29,7 @@ def models_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = [("name", "architecture", "description")]
-    table += [(r["name"], r["inline"], r["description"]) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(2)]
-    for row in table:
-        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
-    click.echo(
-        "\nUse a name, or an inline spec such as 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', as ARCH. "
-        "NAME+denseclip or NAME+fusion swaps the 1x1 classifier for a language-guided head."
-    )
+    click.echo(format_models(rows))
 
 
 @main.command("info", epilog=ARCH_HELP)
@@ -73,6 +67,7 @@ def info_cmd(
 ) -> None:
     """Parameters and MACs of ARCH."""
     from scaler.measure.complexity import measure_complexity
+    from scaler.report.render import format_info
 
     resolved = resolve_arch(arch, num_classes=classes)
     try:
@@ -83,33 +78,4 @@ def info_cmd(
     if as_json:
         emit_json({"name": arch if arch in list_models() else None, **data})
         return
-    h, w = input_hw
-    a = resolved
-    paths = ", ".join(f"{ph}x{pw}" for ph, pw in c.path_inputs)
-    upsample = "with the final upsample" if with_upsample else "up to the head's logits (no final upsample)"
-    lines = [
-        f"{arch}" if arch == a.inline() else f"{arch}  ({a.inline()})",
-        f"  hash         {a.arch_hash()}",
-    ]
-    if isinstance(a, LPSNetArch):
-        lines += [
-            f"  depth        {' '.join(map(str, a.depth))}",
-            f"  width        {' '.join(map(str, a.width))}",
-            f"  resolution   {' '.join(f'{r:g}' for r in a.resolution)}  "
-            f"({a.num_paths} path{'s' if a.num_paths > 1 else ''}; inputs {paths})",
-        ]
-    else:
-        lines += [
-            f"  backbone     MobileNetV2-style, width x{a.width_mult:g} (output stride 16)",
-            f"  channels     {a.stem_channels} {' '.join(map(str, a.stage_channels))}",
-        ]
-    lines += [
-        f"  head         {a.head.describe()}",
-        f"  classes      {a.num_classes}",
-        f"  parameters   {c.params_train:,} (train form, with BatchNorm)",
-        f"               {c.params_deploy:,} (deploy form, BatchNorm folded)",
-        f"  MACs         {c.macs / 1e9:.2f} G at 1x3x{h}x{w}, deploy form, {upsample}",
-        f"               counted by ptflops {c.ptflops_version}, backend '{c.flops_backend}'",
-        f"  head output  {a.num_classes}x{c.head_hw[0]}x{c.head_hw[1]} (output stride 16)",
-    ]
-    click.echo("\n".join(lines))
+    click.echo(format_info(arch, resolved, c, input_hw, with_upsample))

@@ -26,10 +26,10 @@ def frontier_cmd(run_dir: str, ref_latency: float | None, as_json: bool) -> None
     Also writes RUN/trials.csv (every trial), RUN/frontier.csv and RUN/path.csv (the greedy
     trajectory). mIoU is printed in percent; the hypervolume is in ms x mIoU (as a fraction).
     """
-    from scaler.report.frontier import summarize_run
+    from scaler.report import format_frontier, summarize_run
 
     report = summarize_run(run_dir, ref_latency_ms=ref_latency)
-    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
+    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else format_frontier(report))
 
 
 @main.command("plot")
@@ -110,6 +110,7 @@ def export_cmd(
     checked against PyTorch's output before they are kept.
     """
     from scaler.report.export import export_trial
+    from scaler.report.render import format_export
 
     if sum(v is not None for v in (trial, max_latency, min_miou)) != 1:
         raise click.UsageError("choose the trial with exactly one of --trial N, --max-latency MS or --min-miou X")
@@ -125,20 +126,4 @@ def export_cmd(
     if as_json:
         emit_json(result.to_dict())
         return
-    r = result
-    miou = "-" if r.miou is None else f"{100 * r.miou:.2f}%"
-    latency = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms"
-    lines = [
-        f"trial {r.trial} of {run_dir} ({r.selected_by}): {r.arch.inline()}",
-        f"  latency      {latency} (input {'x'.join(map(str, r.input_shape))}, "
-        f"{'with' if r.include_upsample else 'no'} final upsample)",
-        f"  mIoU         {miou}",
-    ]
-    for fmt, path in r.files.items():
-        check = r.checks.get(fmt, {})
-        note = f"  (max abs diff vs PyTorch {check['max_abs_diff']:.1e})" if "max_abs_diff" in check else ""
-        lines.append(f"  {fmt:<12} {path}{note}")
-    lines.append(f"  {'model card':<12} {r.model_card}")
-    if any(f in r.files for f in ("onnx", "torchscript")):
-        lines.append(f"  {'weights':<12} {r.weights}")
-    click.echo("\n".join(lines))
+    click.echo(format_export(result, run_dir))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -67,6 +66,8 @@ def search_cmd(
     evaluated again. Other machines can help with `scaler worker --storage URL --study NAME`.
     """
 
+    from scaler.report.outputs import write_run_outputs
+    from scaler.report.render import format_frontier, format_search
     from scaler.search.run import run_search
     from scaler.search.space import load_space
 
@@ -89,7 +90,7 @@ def search_cmd(
         log=log,
         progress=False if quiet or as_json else None,
     )
-    files, report = _write_run_outputs(Path(run_dir))
+    files, report = write_run_outputs(Path(run_dir))
     data = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()},
         "files": files,
@@ -98,29 +99,8 @@ def search_cmd(
     if as_json:
         emit_json(data)
         return
-    overhead = summary.seconds - summary.latency_seconds - summary.train_seconds
-    click.echo(
-        f"{summary.strategy} search in {run_dir}: {summary.stop_reason}\n"
-        f"  trials       {summary.trials} ({summary.complete} complete, {summary.failed} failed)\n"
-        f"  time         {summary.seconds:.0f} s: latency {summary.latency_seconds:.0f} s, training "
-        f"{summary.train_seconds:.0f} s, other {overhead:.0f} s\n"
-        f"  study        {summary.study_name}\n"
-        f"  files        {', '.join(files)}\n"
-        f"  next         scaler export {run_dir} --max-latency MS --format onnx -o DIR\n"
-    )
-    click.echo(report.format())
-
-
-def _write_run_outputs(run_dir: Any) -> tuple[list[str], Any]:
-    """The run's tables, plots and frontier report, written at the end of every search session."""
-    from scaler.report.draw import plot_run
-    from scaler.report.frontier import summarize_run
-    from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV
-
-    report = summarize_run(run_dir)
-    plots = plot_run(run_dir)
-    tables = [str(Path(run_dir) / name) for name in (TRIALS_CSV, FRONTIER_CSV, PATH_CSV)]
-    return tables + [str(p) for p in plots.values()], report
+    click.echo(format_search(summary, files))
+    click.echo(format_frontier(report))
 
 
 @main.command("worker")

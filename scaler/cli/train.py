@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
-from typing import Any
 
 import click
 
@@ -75,6 +73,7 @@ def train_cmd(
     (non-finite loss, out of memory, bad data) prints the reason and exits with status 1.
     """
     from scaler.proxy.train import TrainConfig, train_and_evaluate
+    from scaler.report.render import format_train
 
     resolved = resolve_arch(arch)
     config = TrainConfig(
@@ -93,39 +92,8 @@ def train_cmd(
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(_format_train(arch, resolved.inline(), config, result, save))
+        click.echo(format_train(arch, resolved.inline(), config, result, save))
     if not result.ok:
         if as_json:
             click.echo(f"error: training failed: {result.reason}", err=True)
         sys.exit(1)
-
-
-def _format_train(name: str, inline: str, config: Any, r: Any, save: str | None) -> str:
-    crop = f"{config.crop[0]}x{config.crop[1]}"
-    head = f"{name}" if name == inline else f"{name}  ({inline})"
-    lines = [
-        head,
-        f"  schedule     {config.iters} iterations, batch {config.batch}, crop {crop}, lr {config.lr:g}, "
-        f"seed {config.seed}, on {r.device}, dataset {config.dataset}",
-    ]
-    if not r.ok:
-        lines.append(f"  FAILED       {r.reason}")
-        return "\n".join(lines)
-    size = "native size" if config.eval_size is None else f"{config.eval_size[0]}x{config.eval_size[1]}"
-    lines += [
-        f"  mIoU         {100 * r.miou:.2f}  ({r.num_val_images} val images at {size}; "
-        f"pixel accuracy {100 * r.pixel_accuracy:.2f})",
-        *textwrap.wrap(
-            ", ".join(f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in r.per_class_iou.items()),
-            width=100,
-            initial_indent="  per class    ",
-            subsequent_indent=" " * 15,
-            break_on_hyphens=False,
-        ),
-        f"  loss         {r.loss_first:.3f} -> {r.loss_last:.3f} (mean of the last 10%; min {r.loss_min:.3f})",
-        f"  throughput   {r.images_per_s:.1f} images/s; data loading {100 * r.data_time_share:.0f}% of training time",
-        f"  time         training {r.train_seconds:.1f} s, evaluation {r.eval_seconds:.1f} s",
-    ]
-    if save:
-        lines.append(f"  saved        {save}")
-    return "\n".join(lines)

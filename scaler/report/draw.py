@@ -18,8 +18,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from scaler.errors import UserError
 from scaler.files import atomic_path
-from scaler.report.frontier import RunInfo
 from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, StepsPlot
+from scaler.report.summary import RunInfo
 from scaler.search.run_folder import PLOTS_DIR
 
 __all__ = ["FORMATS", "draw_frontier", "draw_steps", "plot_run"]
@@ -454,8 +454,8 @@ def plot_run(
     Raises:
         UserError: A run cannot be opened, or a file cannot be written.
     """
-    from scaler.report.frontier import trials_frame
     from scaler.report.plot_data import frontier_plot_data, steps_plot_data
+    from scaler.report.table import trials_frame
     from scaler.search.store import open_run
 
     run_dir = Path(run_dir)

@@ -18,7 +18,9 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from models import get_arch, parse_inline
-from scaler.report.frontier import RunInfo, greedy_path, pareto_front, run_info
+from scaler.report.frontier import pareto_front
+from scaler.report.path import greedy_path
+from scaler.report.summary import RunInfo, run_info
 from scaler.search.store import RunStore
 
 __all__ = [

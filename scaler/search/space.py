@@ -20,6 +20,7 @@ import yaml
 
 from models import ArchError, HeadConfig, HeadError, LPSNetArch, resolve_arch
 from scaler.errors import UserError
+from scaler.files import jsonable
 from scaler.measure.latency import LOAD_GUARD_KEYS, LatencySettings
 from scaler.proxy.train import TrainConfig
 from scaler.search.expand import PAPER_OPERATORS, Constraints, Operator
@@ -109,8 +110,8 @@ class SearchSpace:
             "dataset": self.dataset,
             "operators": [op.to_dict() for op in self.operators],
             "constraints": dataclasses.asdict(self.constraints),
-            "latency": _jsonable(latency),
-            "training": _jsonable(training),
+            "latency": jsonable(latency),
+            "training": jsonable(training),
             "stopping": dataclasses.asdict(self.stopping),
             "greedy": dataclasses.asdict(self.greedy),
         }
@@ -120,11 +121,7 @@ class SearchSpace:
 
     def diff(self, stored: dict[str, Any]) -> str | None:
         """The first key whose value differs from a stored :meth:`to_dict`, as ``key: stored -> now``."""
-        return _first_difference(stored, _jsonable(self.to_dict()), "")
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
+        return _first_difference(stored, jsonable(self.to_dict()), "")
 
 
 def _first_difference(a: Any, b: Any, prefix: str) -> str | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import socket
 import threading
@@ -35,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import LPSNetArch
 from scaler.errors import UserError
+from scaler.files import jsonable
 from scaler.search.expand import Constraints
 from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
 
@@ -288,7 +288,7 @@ class RunStore:
     def complete(self, claim: Claim, latency_ms: float, miou: float, attrs: dict[str, Any]) -> bool:
         """Record a finished evaluation. ``False`` if the trial was already finished (reaped)."""
         for key, value in attrs.items():
-            self.storage.set_trial_user_attr(claim.trial_id, key, _jsonable(value))
+            self.storage.set_trial_user_attr(claim.trial_id, key, jsonable(value))
         try:
             self.study.tell(claim.number, values=[latency_ms, miou])
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
@@ -297,7 +297,7 @@ class RunStore:
 
     def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> bool:
         for key, value in (attrs or {}).items():
-            self.storage.set_trial_user_attr(claim.trial_id, key, _jsonable(value))
+            self.storage.set_trial_user_attr(claim.trial_id, key, jsonable(value))
         self.storage.set_trial_user_attr(claim.trial_id, "fail_reason", reason)
         try:
             self.study.tell(claim.number, state=TrialState.FAIL)
@@ -342,10 +342,6 @@ class RunStore:
             attrs["retry_of"] = t.number
             requeued.append(self.add(LPSNetArch.from_dict(t.user_attrs["arch"]), t.distributions, attrs))
         return requeued
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def open_run(run_dir: str | Path) -> RunStore:

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from models import LPSNet, LPSNetArch, load_arch_json, reparameterize, resolve_arch
 from scaler.cli import main
+from scaler.report import trials_frame
 from scaler.report.export import ExportError, export_trial, parse_formats, select_trial
-from scaler.report.frontier import trials_frame
 
 
 @pytest.fixture

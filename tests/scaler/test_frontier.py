@@ -11,7 +11,7 @@ from run_builder import A_WD, CLASSES, GREEDY_TRIALS, TINY, make_greedy_run, mak
 
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.report.frontier import (
+from scaler.report import (
     PATH_COLUMNS,
     TRIAL_COLUMNS,
     greedy_path,

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from scaler.cli import main
 from scaler.errors import UserError
+from scaler.report import trials_frame
 from scaler.report.draw import draw_frontier, draw_steps, plot_run
-from scaler.report.frontier import trials_frame
 from scaler.report.plot_data import FrontierPlot, StepsPlot, frontier_plot_data, steps_plot_data
 
 

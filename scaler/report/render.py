@@ -1,0 +1,238 @@
+"""Text for people: how reports, results and records read in a terminal.
+
+The CLI prints what these functions return; ``--json`` prints the records' ``to_dict()`` instead.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from models import LPSNetArch, SegArch
+from scaler.report.summary import FrontierReport
+from scaler.report.table import finite
+
+if TYPE_CHECKING:  # the records rendered here; importing them would load torch-heavy modules for nothing
+    from scaler.measure.complexity import Complexity
+    from scaler.measure.latency import LatencyResult
+    from scaler.proxy.train import TrainConfig, TrainResult
+    from scaler.report.export import ExportResult
+    from scaler.search.run import SearchSummary
+
+__all__ = [
+    "format_export",
+    "format_frontier",
+    "format_info",
+    "format_latency",
+    "format_models",
+    "format_search",
+    "format_train",
+]
+
+
+def format_frontier(report: FrontierReport) -> str:
+    """A run's frontier report: one frontier trial per line, fastest first; then named models, hypervolume."""
+    words = {
+        "COMPLETE": "complete",
+        "FAIL": "failed",
+        "RUNNING": "running",
+        "WAITING": "queued",
+        "PRUNED": "pruned",
+    }
+    counts = ", ".join(f"{n} {words[s]}" for s, n in report.counts.items() if s != "total" and n)
+    lines = [
+        f"{report.run_dir}: {report.info.space}, strategy {report.info.strategy or '?'}; "
+        f"{report.counts['total']} trials ({counts or 'none'})" + (f"; {report.status}" if report.status else ""),
+        f"latency on {report.info.setup()}",
+        "",
+    ]
+    if report.frontier.empty:
+        lines.append("no completed trials yet")
+    else:
+        lines += _table(report.frontier, "trial")
+    if not report.references.empty:
+        lines += ["", "named models measured for comparison (not in the frontier):"]
+        lines += _table(report.references, "model")
+    hv = report.hypervolume
+    lines.append("")
+    if hv.ref_latency_ms is None:
+        lines.append("hypervolume: no reference point (no completed trials and no --ref-latency)")
+    else:
+        lines.append(
+            f"hypervolume {hv.value:.6g} (ms x mIoU fraction, {hv.n_points} frontier points) against the "
+            f"reference point latency {hv.ref_latency_ms:.6g} ms, mIoU {100 * hv.ref_miou:g}% ({hv.rule})"
+        )
+    if report.files:
+        lines.append("wrote " + ", ".join(str(p) for p in report.files.values()))
+    return "\n".join(lines)
+
+
+def _table(df: pd.DataFrame, first: str) -> list[str]:
+    header = f"{first:>8}  {'latency ms':>10}  {'p10-p90 ms':>15}  {'mIoU %':>6}  {'step':>4}  {'grew':<10}  arch"
+    lines = [header]
+    for r in df.itertuples(index=False):
+        label = r.reference if first == "model" else str(r.number)
+        spread = (
+            f"{r.latency_p10_ms:.3f}-{r.latency_p90_ms:.3f}"
+            if finite(r.latency_p10_ms) and finite(r.latency_p90_ms)
+            else "-"
+        )
+        miou = f"{100 * r.miou:6.2f}" if finite(r.miou) else f"{'-':>6}"
+        step = "-" if r.step is pd.NA else str(r.step)
+        lines.append(
+            f"{label:>8}  {r.latency_ms:10.3f}  {spread:>15}  {miou}  {step:>4}  {r.dimension or '':<10}  {r.arch}"
+        )
+    return lines
+
+
+def _title(label: str, inline: str) -> str:
+    return label if label == inline else f"{label}  ({inline})"
+
+
+def format_models(rows: Sequence[dict[str, Any]]) -> str:
+    """The registry as a table (name, architecture, description), with a hint on how to name one."""
+    table = [("name", "architecture", "description")]
+    table += [(r["name"], r["inline"], r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(2)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}" for row in table]
+    lines.append(
+        "\nUse a name, or an inline spec such as 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', as ARCH. "
+        "NAME+denseclip or NAME+fusion swaps the 1x1 classifier for a language-guided head."
+    )
+    return "\n".join(lines)
+
+
+def format_info(label: str, arch: SegArch, c: Complexity, input_hw: tuple[int, int], include_upsample: bool) -> str:
+    """``scaler info``: structure, head, parameters and MACs of one architecture."""
+    h, w = input_hw
+    paths = ", ".join(f"{ph}x{pw}" for ph, pw in c.path_inputs)
+    upsample = "with the final upsample" if include_upsample else "up to the head's logits (no final upsample)"
+    lines = [_title(label, arch.inline()), f"  hash         {arch.arch_hash()}"]
+    if isinstance(arch, LPSNetArch):
+        lines += [
+            f"  depth        {' '.join(map(str, arch.depth))}",
+            f"  width        {' '.join(map(str, arch.width))}",
+            f"  resolution   {' '.join(f'{r:g}' for r in arch.resolution)}  "
+            f"({arch.num_paths} path{'s' if arch.num_paths > 1 else ''}; inputs {paths})",
+        ]
+    else:
+        lines += [
+            f"  backbone     MobileNetV2-style, width x{arch.width_mult:g} (output stride 16)",
+            f"  channels     {arch.stem_channels} {' '.join(map(str, arch.stage_channels))}",
+        ]
+    lines += [
+        f"  head         {arch.head.describe()}",
+        f"  classes      {arch.num_classes}",
+        f"  parameters   {c.params_train:,} (train form, with BatchNorm)",
+        f"               {c.params_deploy:,} (deploy form, BatchNorm folded)",
+        f"  MACs         {c.macs / 1e9:.2f} G at 1x3x{h}x{w}, deploy form, {upsample}",
+        f"               counted by ptflops {c.ptflops_version}, backend '{c.flops_backend}'",
+        f"  head output  {arch.num_classes}x{c.head_hw[0]}x{c.head_hw[1]} (output stride 16)",
+    ]
+    return "\n".join(lines)
+
+
+def format_train(label: str, inline: str, config: TrainConfig, r: TrainResult, save: str | None) -> str:
+    """``scaler train``: the schedule, then mIoU (per class), loss, throughput and time; or why it failed."""
+    crop = f"{config.crop[0]}x{config.crop[1]}"
+    lines = [
+        _title(label, inline),
+        f"  schedule     {config.iters} iterations, batch {config.batch}, crop {crop}, lr {config.lr:g}, "
+        f"seed {config.seed}, on {r.device}, dataset {config.dataset}",
+    ]
+    if not r.ok:
+        lines.append(f"  FAILED       {r.reason}")
+        return "\n".join(lines)
+    size = "native size" if config.eval_size is None else f"{config.eval_size[0]}x{config.eval_size[1]}"
+    lines += [
+        f"  mIoU         {100 * r.miou:.2f}  ({r.num_val_images} val images at {size}; "
+        f"pixel accuracy {100 * r.pixel_accuracy:.2f})",
+        *textwrap.wrap(
+            ", ".join(f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in r.per_class_iou.items()),
+            width=100,
+            initial_indent="  per class    ",
+            subsequent_indent=" " * 15,
+            break_on_hyphens=False,
+        ),
+        f"  loss         {r.loss_first:.3f} -> {r.loss_last:.3f} (mean of the last 10%; min {r.loss_min:.3f})",
+        f"  throughput   {r.images_per_s:.1f} images/s; data loading {100 * r.data_time_share:.0f}% of training time",
+        f"  time         training {r.train_seconds:.1f} s, evaluation {r.eval_seconds:.1f} s",
+    ]
+    if save:
+        lines.append(f"  saved        {save}")
+    return "\n".join(lines)
+
+
+def format_search(summary: SearchSummary, files: Sequence[str]) -> str:
+    """The summary a search session ends with: why it stopped, its trials, where its time went, its files."""
+    overhead = summary.seconds - summary.latency_seconds - summary.train_seconds
+    return (
+        f"{summary.strategy} search in {summary.run_dir}: {summary.stop_reason}\n"
+        f"  trials       {summary.trials} ({summary.complete} complete, {summary.failed} failed)\n"
+        f"  time         {summary.seconds:.0f} s: latency {summary.latency_seconds:.0f} s, training "
+        f"{summary.train_seconds:.0f} s, other {overhead:.0f} s\n"
+        f"  study        {summary.study_name}\n"
+        f"  files        {', '.join(files)}\n"
+        f"  next         scaler export {summary.run_dir} --max-latency MS --format onnx -o DIR\n"
+    )
+
+
+def format_latency(label: str, r: LatencyResult, *, cache_entry: Path, refreshed: bool) -> str:
+    """``scaler bench``: median and spread, whether it is stable, what it ran on, where it is cached."""
+    target = r.rule["target_rel_spread"]
+    if r.stable:
+        stable = f"yes: IQR/median {r.rel_spread:.1%} <= {target:.1%} after {r.n_samples} samples"
+    else:
+        limit = f"{r.rule['max_samples']} samples" if r.stop_reason == "max_samples" else f"{r.rule['time_cap_s']:g} s"
+        stable = f"no: stopped at {limit} with IQR/median {r.rel_spread:.1%} > {target:.1%}"
+    if r.from_cache:
+        source = f"from the cache (measured {r.measured_at}; --no-cache measures again): {cache_entry}"
+    elif r.under_load:
+        source = "not stored: measured under load"
+    else:
+        source = f"measured now{' (--no-cache)' if refreshed else ''}, stored in {cache_entry}"
+    batch = r.fingerprint["batch"]
+    lines = [
+        _title(label, r.arch.inline()),
+        f"  median       {r.median_ms:.3f} ms per forward pass (batch {batch})",
+        f"  spread       p10 {r.p10_ms:.3f}  p90 {r.p90_ms:.3f}  IQR {r.iqr_ms:.3f} ms  (n={r.n_samples})",
+        f"  stable       {stable}",
+        f"  measured on  {r.describe_setup()}",
+        f"  fingerprint  {r.fingerprint_hash}  (host {r.fingerprint['host']})",
+        f"  cache        {source}",
+    ]
+    if r.others_cpu_share is not None and not r.fingerprint["device"].startswith("cuda"):
+        retried = f", measured again {r.load_retries}x after waiting" if r.load_retries else ""
+        lines.insert(-2, f"  other load   others used {r.others_cpu_share:.0%} of the CPUs meanwhile{retried}")
+    if r.fingerprint["device"].startswith("cuda") and r.fingerprint["backend"] == "torch":
+        lines.append(
+            "  note         eager CUDA at batch 1 times how fast the host launches kernels as much as the GPU: "
+            "separate measurements of LPS-Net S/M/L on an H100 varied by 30-60%; --backend cudagraph "
+            "measures the GPU (within 2% across runs there)"
+        )
+    return "\n".join(lines)
+
+
+def format_export(result: ExportResult, run_dir: str | Path) -> str:
+    """``scaler export``: which trial, its latency and mIoU, and every file written (with its check)."""
+    r = result
+    miou = "-" if r.miou is None else f"{100 * r.miou:.2f}%"
+    latency = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms"
+    lines = [
+        f"trial {r.trial} of {run_dir} ({r.selected_by}): {r.arch.inline()}",
+        f"  latency      {latency} (input {'x'.join(map(str, r.input_shape))}, "
+        f"{'with' if r.include_upsample else 'no'} final upsample)",
+        f"  mIoU         {miou}",
+    ]
+    for fmt, path in r.files.items():
+        check = r.checks.get(fmt, {})
+        note = f"  (max abs diff vs PyTorch {check['max_abs_diff']:.1e})" if "max_abs_diff" in check else ""
+        lines.append(f"  {fmt:<12} {path}{note}")
+    lines.append(f"  {'model card':<12} {r.model_card}")
+    if any(f in r.files for f in ("onnx", "torchscript")):
+        lines.append(f"  {'weights':<12} {r.weights}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Every trial of a run as one table (pandas), and the small readers the other report modules share.
+
+mIoU stays a fraction in ``[0, 1]`` as the study stores it; latency is the median in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from models import LPSNetArch
+from scaler.search.store import RunStore
+
+__all__ = ["TRIAL_COLUMNS", "finite", "int_or_none", "operator_dimension", "trials_frame"]
+
+TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "strategy",
+    "step",
+    "parent",
+    "operators",
+    "dimension",
+    "steplen",
+    "reference",
+    "arch",
+    "arch_hash",
+    *[f"d{i}" for i in range(1, 6)],
+    *[f"w{i}" for i in range(1, 6)],
+    *[f"r{i}" for i in range(1, 4)],
+    "num_paths",
+    "latency_ms",
+    "latency_p10_ms",
+    "latency_p90_ms",
+    "miou",
+    "pixel_accuracy",
+    "train_seconds",
+    "fail_reason",
+    "over_budget",
+    "retry_of",
+    "weights",
+    "device",
+    "latency_fingerprint",
+]
+
+
+_INT_COLUMNS = ("step", "parent", "steplen", "retry_of", "num_paths")
+_KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
+
+
+def operator_dimension(operators: Iterable[str], kinds: dict[str, str] | None = None) -> str:
+    """The dimension (``depth``, ``width``, ``resolution``) grown by ``operators``; ``""`` for none.
+
+    Args:
+        operators: Operator names as the trials record them (``width_1-5``).
+        kinds: Name to kind, from the stored space; names missing there are read from their prefix.
+
+    Returns:
+        The kind, or the kinds joined with ``+`` when the operators grow several dimensions.
+    """
+    found = []
+    for name in operators:
+        kind = (kinds or {}).get(name)
+        if kind is None:
+            kind = next((k for prefix, k in _KIND_BY_PREFIX if name.startswith(prefix)), "other")
+        if kind not in found:
+            found.append(kind)
+    return "+".join(found)
+
+
+def _operator_kinds(store: RunStore) -> dict[str, str]:
+    ops = (store.get("space") or {}).get("operators") or []
+    return {op["name"]: op["kind"] for op in ops if isinstance(op, dict) and "name" in op and "kind" in op}
+
+
+def int_or_none(value: Any) -> int | None:
+    """``value`` as an int, or ``None`` when it is missing, a bool or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
+    """One row per trial of the run, in trial order.
+
+    Args:
+        store: The run's study.
+        per_class: Add an ``iou_<class>`` column per class (from the training result).
+
+    Returns:
+        Columns :data:`TRIAL_COLUMNS` (plus the per-class ones). ``latency_ms`` is the trial's
+        value when complete, else the measured median when there is one; ``miou`` is a fraction.
+    """
+    kinds = _operator_kinds(store)
+    rows = []
+    class_names: list[str] = []
+    for t in store.trials():
+        a = t.user_attrs
+        arch = LPSNetArch.from_dict(a["arch"]) if "arch" in a else None
+        lat = a.get("latency") or {}
+        train = a.get("train") or {}
+        fp = lat.get("fingerprint") or {}
+        ops = list(a.get("operators") or [])
+        complete = t.state == optuna.trial.TrialState.COMPLETE and t.values is not None
+        res = [*(arch.resolution if arch else ()), 0.0, 0.0, 0.0][:3]
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name,
+            "strategy": a.get("strategy"),
+            "step": int_or_none(a.get("step")),
+            "parent": int_or_none(a.get("parent")),
+            "operators": "+".join(ops),
+            "dimension": operator_dimension(ops, kinds),
+            "steplen": int_or_none(a.get("steplen")),
+            "reference": a.get("reference"),
+            "arch": arch.inline() if arch else None,
+            "arch_hash": a.get("arch_hash") or (arch.arch_hash() if arch else None),
+            **{f"d{i + 1}": (arch.depth[i] if arch else None) for i in range(5)},
+            **{f"w{i + 1}": (arch.width[i] if arch else None) for i in range(5)},
+            **{f"r{i + 1}": (res[i] if arch else None) for i in range(3)},
+            "num_paths": arch.num_paths if arch else None,
+            "latency_ms": float(t.values[0]) if complete else lat.get("median_ms"),
+            "latency_p10_ms": lat.get("p10_ms"),
+            "latency_p90_ms": lat.get("p90_ms"),
+            "miou": float(t.values[1]) if complete else None,
+            "pixel_accuracy": train.get("pixel_accuracy"),
+            "train_seconds": train.get("train_seconds"),
+            "fail_reason": a.get("fail_reason"),
+            "over_budget": bool(a.get("over_budget", False)),
+            "retry_of": int_or_none(a.get("retry_of")),
+            "weights": a.get("weights"),
+            "device": fp.get("device_name"),
+            "latency_fingerprint": lat.get("fingerprint_hash"),
+        }
+        if per_class:
+            for name, iou in (train.get("per_class_iou") or {}).items():
+                if name not in class_names:
+                    class_names.append(name)
+                row[f"iou_{name}"] = iou
+        rows.append(row)
+    if per_class:
+        stored = [str(n) for n in store.get("class_names") or []]
+        class_names = stored + [n for n in class_names if n not in stored]
+    columns = TRIAL_COLUMNS + [f"iou_{n}" for n in class_names]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in _INT_COLUMNS:
+        df[col] = df[col].astype("Int64")
+    for col in ("latency_ms", "latency_p10_ms", "latency_p90_ms", "miou", "pixel_accuracy", "train_seconds"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
+def finite(v: Any) -> bool:
+    """``v`` is a finite int or float (not None, NaN or inf)."""
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
