@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -221,31 +222,11 @@ def draw_frontier(data: FrontierPlot, path: str | Path) -> Path:
         _label_path(ax, data.path)
 
     if data.failed:
-        ax.scatter(
-            [p.latency_ms for p in data.failed],
-            [0.015] * len(data.failed),
-            transform=ax.get_xaxis_transform(),
-            marker="x",
-            s=36,
-            color=_FAILED,
-            linewidths=1.6,
-            zorder=5,
-            clip_on=False,
-        )
+        _rug(ax, [p.latency_ms for p in data.failed], marker="x", s=36, color=_FAILED, linewidths=1.6, zorder=5)
         handles.append(_handle("x", _FAILED, f"failed ({len(data.failed)}), at its latency", line=False))
 
     if data.over_budget:
-        ax.scatter(
-            [p.latency_ms for p in data.over_budget],
-            [0.015] * len(data.over_budget),
-            transform=ax.get_xaxis_transform(),
-            marker="|",
-            s=60,
-            color=_CANDIDATE,
-            linewidths=1.2,
-            zorder=4,
-            clip_on=False,
-        )
+        _rug(ax, [p.latency_ms for p in data.over_budget], marker="|", s=60, color=_CANDIDATE, linewidths=1.2, zorder=4)
         handles.append(_handle("|", _CANDIDATE, f"over budget, not trained ({len(data.over_budget)})", line=False))
 
     for p in data.named:
@@ -283,6 +264,11 @@ def draw_frontier(data: FrontierPlot, path: str | Path) -> Path:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False)
     _title(ax, "latency vs mIoU", data.info, width=115)
     return _save(fig, path)
+
+
+def _rug(ax: Axes, latencies: Sequence[float], **style: Any) -> None:
+    """Marks along the bottom edge at ``latencies``: trials that have a latency but no mIoU."""
+    ax.scatter(latencies, [0.015] * len(latencies), transform=ax.get_xaxis_transform(), clip_on=False, **style)
 
 
 def _label_named(ax: Axes, named: Sequence[NamedPoint]) -> None:
