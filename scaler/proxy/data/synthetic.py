@@ -35,6 +35,9 @@ nothing is downloaded. Generation uses only IEEE-rounded arithmetic and comparis
 transcendental functions, no reductions, whose results can depend on the CPU's vector unit), so
 samples are bit-identical across processes and machines with the same numpy. Generated samples
 are cached in memory, up to :data:`CACHE_BYTES` per dataset, so later epochs do not redraw them.
+
+This module is longer than the others because one scene is one concern: the painter methods of
+:class:`_Scene` share its geometry (horizon, vanishing point, facades) and are kept together.
 """
 
 from __future__ import annotations
