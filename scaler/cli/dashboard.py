@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from scaler.cli.main import main
@@ -39,11 +41,24 @@ def dashboard_cmd(run_dir: str, host: str, port: int) -> None:
     except ImportError:
         raise UserError(f"scaler dashboard needs the package optuna-dashboard: {EXTRA_HINT}") from None
     store = open_run(run_dir)
-    url = f"http://{host}:{port}/dashboard/studies/{store.study_id}"
-    click.echo(f"optuna-dashboard for {run_dir} (study {store.study_name!r}) at {url}; Ctrl-C stops it", err=True)
     try:
+        _check_address(host, port)
+        url = f"http://{host}:{port}/dashboard/studies/{store.study_id}"
+        click.echo(f"optuna-dashboard for {run_dir} (study {store.study_name!r}) at {url}; Ctrl-C stops it", err=True)
         optuna_dashboard.run_server(store.storage, host=host, port=port, artifact_store=artifact_store(run_dir))
     except OSError as e:
         raise UserError(
             f"cannot serve the dashboard on {host}:{port} ({e.strerror or e}); choose another --port or --host"
         ) from None
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind and release the address first, so a port in use is one error line, not after the server's banner.
+
+    Raises:
+        OSError: The address cannot be bound (in use, or an unknown host).
+    """
+    # As the server will bind it (bottle's WSGIRefServer: IPv6 for a host with a colon, address reuse on).
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
