@@ -5,10 +5,12 @@
   (``study.metric_names``, which Optuna's plots and optuna-dashboard show);
 - constraints: with a latency budget, ``latency - budget`` in Optuna's ``constraints`` system
   attribute (at most 0: within the budget), for every trial whose latency is known, so that
-  Optuna's tools see which trials are feasible;
+  Optuna's tools see which trials are feasible (the budget of the session that finished the trial:
+  Optuna cannot change a finished trial);
 - user attributes: ``arch`` (JSON), ``arch_hash``, ``step``, ``parent``, ``operators``, ``steplen``,
   ``strategy``, ``latency`` (statistics and fingerprint), ``train`` (training statistics),
-  ``fail_reason``, worker ``owner`` and ``heartbeat``.
+  ``fail_reason``, worker ``owner`` and ``heartbeat``;
+- artifacts: the run's plots and exported model cards (:mod:`scaler.search.artifacts`).
 
 Candidates are added as WAITING trials; any process (the search itself, or ``scaler worker`` on
 another host) claims one atomically by moving it to RUNNING, records a heartbeat while training,
