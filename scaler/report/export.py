@@ -12,7 +12,9 @@ the fastest reaching an mIoU (``min_miou``). Formats:
 ``MODEL_CARD.md`` is always written: architecture, size, latency with its fingerprint, mIoU with
 its training schedule and dataset, and where the trial came from. The ONNX and TorchScript models
 carry the trained weights when the run kept them, else a seeded random initialisation (they are
-then good for deployment and latency tests only), and say which in the card.
+then good for deployment and latency tests only), and say which in the card. The card and
+``arch.json`` are also attached to the trial in the run's study as Optuna artifacts
+(:mod:`scaler.search.artifacts`), so optuna-dashboard shows them with the trial.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from models.lpsnet import FixedUpsample
 from scaler.errors import UserError
 from scaler.report.model_card import model_card
 from scaler.report.table import trials_frame
+from scaler.search.artifacts import attach_to_trial, warn_stderr
 from scaler.search.store import RunStore, open_run
 
 __all__ = [
@@ -304,6 +307,7 @@ def export_trial(
     min_miou: float | None = None,
     upsample: bool | None = None,
     store: RunStore | None = None,
+    warn: Callable[[str], None] = warn_stderr,
 ) -> ExportResult:
     """Export one trial of the run in ``run_dir`` into ``out_dir``.
 
@@ -316,6 +320,7 @@ def export_trial(
         upsample: Whether the exported models end with the upsample to the input size
             (default: as the run timed them).
         store: The run's study, if already open.
+        warn: Receives one line if the model card cannot be attached to the trial in the study.
 
     Returns:
         The files written and the checks they passed.
@@ -389,6 +394,7 @@ def export_trial(
         )
     except OSError as e:
         raise ExportError(f"{out_dir}: cannot write the export ({e.strerror})") from None
+    attach_to_trial(store, run_dir, number, [card, *([files["json"]] if "json" in files else [])], warn=warn)
     row = df[df["number"] == number].iloc[0]
     return ExportResult(
         run_dir=run_dir,

@@ -338,6 +338,7 @@ def _loop(
                             params=arch_params(p.arch),
                             distributions=dists,
                             user_attrs={"arch": p.arch.to_dict(), "arch_hash": p.arch.arch_hash(), **attrs},
+                            system_attrs=store.constraint_attrs(lat["median_ms"]),
                         )
                     )
                     continue

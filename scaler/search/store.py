@@ -1,10 +1,16 @@
 """A run's persistent state: one Optuna study holding every candidate as a trial.
 
 - params: the architecture (``d1..d5``, ``w1..w5``, ``r1..r3``; ``r`` zero for a missing path);
-- values: ``(latency ms, mIoU)`` with directions (minimize, maximize);
+- values: ``(latency ms, mIoU)`` with directions (minimize, maximize), named :data:`METRIC_NAMES`
+  (``study.metric_names``, which Optuna's plots and optuna-dashboard show);
+- constraints: with a latency budget, ``latency - budget`` in Optuna's ``constraints`` system
+  attribute (at most 0: within the budget), for every trial whose latency is known, so that
+  Optuna's tools see which trials are feasible (the budget of the session that finished the trial:
+  Optuna cannot change a finished trial);
 - user attributes: ``arch`` (JSON), ``arch_hash``, ``step``, ``parent``, ``operators``, ``steplen``,
   ``strategy``, ``latency`` (statistics and fingerprint), ``train`` (training statistics),
-  ``fail_reason``, worker ``owner`` and ``heartbeat``.
+  ``fail_reason``, worker ``owner`` and ``heartbeat``;
+- artifacts: the run's plots and exported model cards (:mod:`scaler.search.artifacts`).
 
 Candidates are added as WAITING trials; any process (the search itself, or ``scaler worker`` on
 another host) claims one atomically by moving it to RUNNING, records a heartbeat while training,
@@ -19,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,8 @@ from scaler.search.expand import Constraints
 from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
 
 __all__ = [
+    "CONSTRAINTS_KEY",
+    "METRIC_NAMES",
     "Claim",
     "RunStore",
     "StorageError",
@@ -49,6 +59,10 @@ __all__ = [
     "open_storage",
 ]
 
+METRIC_NAMES = ("latency_ms", "miou")
+# Optuna's trial system attribute for constraint values (optuna.study._constrained_optimization), in
+# the list form optuna-dashboard reads too; a trial is feasible when every value is at most 0.
+CONSTRAINTS_KEY = "constraints"
 HEARTBEAT_INTERVAL_S = 10.0
 STALE_AFTER_S = 60.0
 
@@ -193,11 +207,19 @@ class RunStore:
 
     Args:
         storage: From :func:`open_storage`.
-        study_name: The study (created if missing).
+        study_name: The study.
         num_classes: Classes of the networks (params do not carry it).
+        own: This process runs the search: create the study if it is missing, and name its metrics
+            (also in an older run made without them). ``False`` (readers and workers, see
+            :meth:`load`) opens an existing study and writes nothing to it.
+
+    Raises:
+        KeyError: ``own`` is ``False`` and there is no such study.
     """
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, num_classes: int) -> None:
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, study_name: str, num_classes: int, *, own: bool = True
+    ) -> None:
         self.storage = storage
         self.study_name = study_name
         self.num_classes = num_classes
@@ -205,10 +227,22 @@ class RunStore:
             # Loading first: create_study(load_if_exists=True) appends to a journal even when the study exists.
             self.study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:
+            if not own:
+                raise
             self.study = optuna.create_study(
                 storage=storage, study_name=study_name, directions=["minimize", "maximize"], load_if_exists=True
             )
+        if own and self.study.metric_names is None:
+            with warnings.catch_warnings():
+                # "Experimental" since Optuna 3.2 and unchanged since; the warning would reach every user.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(list(METRIC_NAMES))
         self._study_id = storage.get_study_id_from_name(study_name)
+
+    @property
+    def study_id(self) -> int:
+        """The study's id in its storage (what optuna-dashboard's URLs and study-level attributes use)."""
+        return self._study_id
 
     @classmethod
     def load(cls, storage: optuna.storages.BaseStorage, study_name: str) -> RunStore:
@@ -225,7 +259,7 @@ class RunStore:
                 f"no study named {study_name!r} in this storage (found: {', '.join(names) or 'none'})"
             ) from None
         space = study.user_attrs.get("space") or {}
-        return cls(storage, study_name, int(space.get("num_classes", 0)) or 19)
+        return cls(storage, study_name, int(space.get("num_classes", 0)) or 19, own=False)
 
     # -- study-level records -------------------------------------------------------------------
 
@@ -234,6 +268,28 @@ class RunStore:
 
     def put(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        """The latency budget of the stored search space (``stopping.latency_budget_ms``), if any."""
+        budget = ((self.get("space") or {}).get("stopping") or {}).get("latency_budget_ms")
+        return None if budget is None else float(budget)
+
+    def constraint_attrs(self, latency_ms: float | None) -> dict[str, Any]:
+        """The trial system attributes that record the latency budget as an Optuna constraint.
+
+        Args:
+            latency_ms: The trial's measured latency, or ``None`` if it has none.
+
+        Returns:
+            ``{"constraints": [latency_ms - budget]}`` (at most 0: within the budget), or ``{}`` when
+            the space has no budget or the latency is unknown or not finite. Optuna cannot change a
+            finished trial, so this goes with the trial's last update (or ``create_trial``).
+        """
+        budget = self.latency_budget_ms
+        if budget is None or latency_ms is None or not math.isfinite(float(latency_ms)):
+            return {}
+        return {CONSTRAINTS_KEY: [float(latency_ms) - budget]}
 
     # -- adding and reading candidates ---------------------------------------------------------
 
@@ -286,24 +342,37 @@ class RunStore:
             thread.join()
 
     def complete(self, claim: Claim, latency_ms: float, miou: float, attrs: dict[str, Any]) -> bool:
-        """Record a finished evaluation. ``False`` if the trial was already finished (reaped)."""
-        for key, value in attrs.items():
-            self.storage.set_trial_user_attr(claim.trial_id, key, jsonable(value))
+        """Record a finished evaluation, with its constraint under a latency budget.
+
+        Returns:
+            ``False`` if the trial was already finished (reaped as dead meanwhile); nothing is recorded then.
+        """
         try:
+            self._set_attrs(claim, attrs, self.constraint_attrs(latency_ms))
             self.study.tell(claim.number, values=[latency_ms, miou])
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
             return False
         return True
 
     def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> bool:
-        for key, value in (attrs or {}).items():
-            self.storage.set_trial_user_attr(claim.trial_id, key, jsonable(value))
-        self.storage.set_trial_user_attr(claim.trial_id, "fail_reason", reason)
+        """Record a failed evaluation and why (with its constraint, when its latency is known).
+
+        Returns:
+            ``False`` if the trial was already finished (reaped as dead meanwhile).
+        """
+        latency = ((attrs or {}).get("latency") or claim.attrs.get("latency") or {}).get("median_ms")
         try:
+            self._set_attrs(claim, {**(attrs or {}), "fail_reason": reason}, self.constraint_attrs(latency))
             self.study.tell(claim.number, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
             return False
         return True
+
+    def _set_attrs(self, claim: Claim, user: dict[str, Any], system: dict[str, Any]) -> None:
+        for key, value in user.items():
+            self.storage.set_trial_user_attr(claim.trial_id, key, jsonable(value))
+        for key, value in system.items():
+            self.storage.set_trial_system_attr(claim.trial_id, key, value)
 
     # -- the search process: dead workers -------------------------------------------------------
 
