@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 
 import scaler.measure.latency as latency
-from models import LPSNet, get_arch
+from models import LPSNet, arch_from_dict, get_arch
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.measure.latency import (
@@ -291,6 +291,100 @@ def test_cache_key_depends_on_arch_fingerprint_and_rule():
     moved = {**fp, "host": "another-host", "python": "3.99"}
     assert fingerprint_hash(moved) == fingerprint_hash(fp)
     assert fingerprint_hash({**fp, "device_name": "another CPU"}) != fingerprint_hash(fp)
+
+
+# Fingerprints and cache keys must stay byte-identical across refactors: committed runs (results/reference)
+# and users' caches are keyed by them. Taken on the maintainers' CPU machine (AMD EPYC, 2 logical CPUs).
+PINNED = {
+    LatencySettings(input_hw=(256, 512), threads=1): (
+        {
+            "device": "cpu",
+            "device_name": "AMD EPYC",
+            "logical_cpus": 2,
+            "cpu_allocator": "glibc malloc keeping freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)",
+            "cuda": None,
+            "cudnn": None,
+            "torch": "2.13.0+cpu",
+            "backend": "torch",
+            "backend_version": "2.13.0+cpu",
+            "timer": "perf_counter",
+            "threads": 1,
+            "dtype": "fp32",
+            "batch": 1,
+            "input_shape": [1, 3, 256, 512],
+            "channels_last": False,
+            "deploy": True,
+            "include_upsample": False,
+            "host": "vm",
+            "python": "3.11.7",
+        },
+        "bd6964e94c8ba8da",
+        "2a273e0bdeb1-bd6964e94c8ba8da-b5e65cec",
+    ),
+    LatencySettings(input_hw=(256, 512), threads=2, backend="onnxruntime", batch=2, include_upsample=True): (
+        {
+            "device": "cpu",
+            "device_name": "AMD EPYC",
+            "logical_cpus": 2,
+            "cpu_allocator": "glibc malloc keeping freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)",
+            "cuda": None,
+            "cudnn": None,
+            "torch": "2.13.0+cpu",
+            "backend": "onnxruntime",
+            "backend_version": "1.32.0",
+            "execution_provider": "CPUExecutionProvider",
+            "onnx_opset": 17,
+            "timer": "perf_counter",
+            "threads": 2,
+            "dtype": "fp32",
+            "batch": 2,
+            "input_shape": [2, 3, 256, 512],
+            "channels_last": False,
+            "deploy": True,
+            "include_upsample": True,
+            "host": "vm",
+            "python": "3.11.7",
+        },
+        "048e403ad99a3419",
+        "2a273e0bdeb1-048e403ad99a3419-b5e65cec",
+    ),
+}
+# What differs from machine to machine (and so is compared by key only, not by value).
+MACHINE_KEYS = ("device_name", "logical_cpus", "cpu_allocator", "torch", "backend_version", "host", "python")
+
+
+@pytest.mark.parametrize("settings", list(PINNED), ids=["torch", "onnxruntime"])
+def test_fingerprint_and_cache_key_are_pinned(settings):
+    pinned, pinned_hash, pinned_key = PINNED[settings]
+    assert fingerprint_hash(pinned) == pinned_hash
+    assert cache_key(get_arch(TINY), pinned, settings.rule()) == pinned_key
+    live = make_fingerprint(settings)
+    assert list(live) == list(pinned), "fingerprint keys (or their order) changed"
+    for key, value in pinned.items():
+        if key not in MACHINE_KEYS:
+            assert live[key] == value, key
+    if all(live[k] == pinned[k] for k in MACHINE_KEYS if k not in ("host", "python")):
+        assert fingerprint_hash(live) == pinned_hash  # this is the machine the pins were taken on
+
+
+def _latency_records(obj):
+    if isinstance(obj, dict):
+        if "fingerprint_hash" in obj and "cache_key" in obj:
+            yield obj
+        for v in obj.values():
+            yield from _latency_records(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _latency_records(v)
+
+
+def test_committed_runs_keep_their_fingerprint_hashes_and_cache_keys():
+    journals = sorted((Path(__file__).resolve().parents[2] / "results" / "reference").glob("*/study.journal"))
+    records = [r for j in journals for line in j.read_text().splitlines() for r in _latency_records(json.loads(line))]
+    assert len(journals) == 3 and len(records) >= 60
+    for r in records:
+        assert fingerprint_hash(r["fingerprint"]) == r["fingerprint_hash"]
+        assert cache_key(arch_from_dict(r["arch"]), r["fingerprint"], r["rule"]) == r["cache_key"]
 
 
 def test_corrupt_entry_is_a_miss_and_gets_replaced(tmp_path, count_measurements):
