@@ -22,14 +22,21 @@ import scaler.measure.latency as latency
 from models import LPSNet, arch_from_dict, get_arch
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.measure.latency import (
+from scaler.measure import (
+    CACHE_ENV,
+    ONNX_OPSET,
     LatencyCache,
     LatencyResult,
     LatencySettings,
+    TorchRunner,
     cache_key,
+    cpu_allocator,
     fingerprint_hash,
+    load,
     make_fingerprint,
     measure_latency,
+    runners,
+    steady_cpu_allocator,
 )
 
 HW = (64, 128)
@@ -45,11 +52,15 @@ TINY = "lpsnet_tiny"
 def _seeded_and_isolated(monkeypatch, tmp_path):
     torch.manual_seed(0)
     # Never touch the user's real cache from a test.
-    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "default-cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "default-cache"))
 
 
-def tiny(**kwargs) -> LatencyResult:
-    return measure_latency(TINY, **{"input_hw": HW, **FAST, **kwargs})
+def settings(**kwargs) -> LatencySettings:
+    return LatencySettings(**{"input_hw": HW, **FAST, **kwargs})
+
+
+def tiny(cache: LatencyCache | None = None, refresh: bool = False, **kwargs) -> LatencyResult:
+    return measure_latency(TINY, settings(**kwargs), cache=cache, refresh=refresh)
 
 
 def scripted_times(monkeypatch, values):
@@ -60,7 +71,7 @@ def scripted_times(monkeypatch, values):
         self.model(self.x)
         return next(it)
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", fake)
+    monkeypatch.setattr(TorchRunner, "time_once", fake)
 
 
 # --------------------------------------------------------------------------- the result
@@ -82,7 +93,7 @@ def test_result_fields_are_consistent():
     assert fp["input_shape"] == [1, 3, *HW]
     assert fp["deploy"] is True and fp["include_upsample"] is False and fp["channels_last"] is False
     assert fp["device_name"] and fp["torch"] == torch.__version__ and fp["host"]
-    assert fp["cpu_allocator"] == latency.cpu_allocator() == latency.steady_cpu_allocator()
+    assert fp["cpu_allocator"] == cpu_allocator() == steady_cpu_allocator()
     assert r.fingerprint_hash == fingerprint_hash(fp)
     assert r.arch == get_arch(TINY) and not r.from_cache and r.output_max_abs_diff is None
     assert r.cache_key.startswith(get_arch(TINY).arch_hash() + "-" + r.fingerprint_hash)
@@ -110,7 +121,7 @@ def test_time_cap_stops_sampling(monkeypatch):
         time.sleep(0.05)
         return 5.0  # perfectly stable, but min_samples is never reached within the cap
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", slow)
+    monkeypatch.setattr(TorchRunner, "time_once", slow)
     r = tiny(min_samples=50, max_samples=100, time_cap_s=0.2)
     assert r.stop_reason == "time_cap" and not r.stable and 1 <= r.n_samples < 50
 
@@ -125,7 +136,7 @@ def test_threads_and_collector_restored_after_success_and_failure(monkeypatch):
     def boom(self) -> float:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", boom)
+    monkeypatch.setattr(TorchRunner, "time_once", boom)
     with pytest.raises(RuntimeError, match="boom"):
         tiny(threads=other)
     assert torch.get_num_threads() == before and gc.isenabled()
@@ -145,21 +156,21 @@ def test_deploy_and_train_form(deploy):
 def test_model_argument_is_not_changed():
     model = LPSNet(get_arch(TINY)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = measure_latency(model, input_hw=HW, dtype="bf16", channels_last=True, **FAST)
+    r = measure_latency(model, settings(dtype="bf16", channels_last=True))
     assert r.arch == model.arch and r.fingerprint["dtype"] == "bf16"
     assert model.training and not model.deploy
     for k, v in model.state_dict().items():
         assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
     assert model.head.weight.is_contiguous()
     deployed = LPSNet(get_arch(TINY), deploy=True)
-    assert measure_latency(deployed, input_hw=HW, **FAST).fingerprint["deploy"] is True
+    assert measure_latency(deployed, settings()).fingerprint["deploy"] is True
     with pytest.raises(UserError, match="already in deploy form"):
-        measure_latency(deployed, input_hw=HW, deploy=False, **FAST)
+        measure_latency(deployed, settings(deploy=False))
 
 
 def test_channels_last_bf16_batch_and_inline_arch():
     arch = get_arch(TINY)
-    r = measure_latency(arch.inline(), input_hw=HW, channels_last=True, dtype="bf16", batch=2, **FAST)
+    r = measure_latency(arch.inline(), settings(channels_last=True, dtype="bf16", batch=2))
     fp = r.fingerprint
     assert fp["channels_last"] is True and fp["dtype"] == "bf16" and fp["input_shape"] == [2, 3, *HW]
     assert "channels_last" in r.describe_setup()
@@ -180,7 +191,7 @@ def test_onnxruntime_backend_runs_and_checks_its_output():
     r = tiny(backend="onnxruntime")
     fp = r.fingerprint
     assert fp["backend"] == "onnxruntime" and fp["execution_provider"] == "CPUExecutionProvider"
-    assert fp["backend_version"] and fp["onnx_opset"] == latency.ONNX_OPSET
+    assert fp["backend_version"] and fp["onnx_opset"] == ONNX_OPSET
     assert r.output_max_abs_diff is not None and r.output_max_abs_diff < 1e-4
     assert r.median_ms > 0 and "onnxruntime" in r.describe_setup()
 
@@ -188,7 +199,7 @@ def test_onnxruntime_backend_runs_and_checks_its_output():
 def test_onnxruntime_output_mismatch_fails_clearly(monkeypatch):
     pytest.importorskip("onnxruntime")
     before = torch.get_num_threads()
-    monkeypatch.setattr(latency, "_OUTPUT_RTOL", {"fp32": -1.0, "fp16": -1.0, "bf16": -1.0})
+    monkeypatch.setattr(runners, "OUTPUT_RTOL", {"fp32": -1.0, "fp16": -1.0, "bf16": -1.0})
     with pytest.raises(UserError, match=r"onnxruntime .* output differs from PyTorch's") as info:
         tiny(backend="onnxruntime")
     assert "\n" not in str(info.value)
@@ -234,13 +245,13 @@ def test_bad_requests_are_one_line_user_errors(monkeypatch, kwargs, message):
 @pytest.fixture
 def count_measurements(monkeypatch):
     calls = []
-    real = latency._measure
+    real = latency.measure_once
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(latency, "_measure", counting)
+    monkeypatch.setattr(latency, "measure_once", counting)
     return calls
 
 
@@ -406,16 +417,16 @@ def test_unwritable_cache_is_a_user_error(tmp_path):
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "here"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "here"))
     assert LatencyCache().path == tmp_path / "here"
-    monkeypatch.delenv(latency.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     assert LatencyCache().path == Path.home() / ".cache" / "lps-scaler" / "latency"
 
 
 _WRITER = textwrap.dedent(
     """
     import json, sys
-    from scaler.measure.latency import LatencyCache, LatencyResult
+    from scaler.measure import LatencyCache, LatencyResult
     cache = LatencyCache(sys.argv[1])
     base = LatencyResult.from_dict(json.loads(open(sys.argv[2]).read()))
     tag = sys.argv[3]
@@ -460,24 +471,24 @@ def test_concurrent_writers_do_not_corrupt_the_cache(tmp_path):
 
 def test_repeated_calls_release_everything(monkeypatch):
     built: list[weakref.ref] = []
-    real_build = latency._build_model
+    real_build = latency.build_network
 
     def tracking_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(latency, "_build_model", tracking_build)
+    monkeypatch.setattr(latency, "build_network", tracking_build)
     # The load guard off: a busy machine would measure some calls again (more networks built).
-    few = {"warmup": 0, "min_samples": 2, "max_samples": 2, "threads": 1, "max_others_share": None}
+    few = LatencySettings(input_hw=(32, 64), warmup=0, min_samples=2, max_samples=2, threads=1, max_others_share=None)
     for _ in range(10):  # first-call caches (CPU name, lazy imports, allocator pools) fill here
-        measure_latency(TINY, input_hw=(32, 64), **few)
+        measure_latency(TINY, few)
     gc.collect()
     tracemalloc.start()
     try:
         start, _ = tracemalloc.get_traced_memory()
         for _ in range(200):
-            measure_latency(TINY, input_hw=(32, 64), **few)
+            measure_latency(TINY, few)
         gc.collect()
         end, _ = tracemalloc.get_traced_memory()
     finally:
@@ -488,12 +499,12 @@ def test_repeated_calls_release_everything(monkeypatch):
 
 def test_networks_are_freed_without_the_cyclic_collector(monkeypatch):
     built: list[weakref.ref] = []
-    real_build = latency._build_model
-    monkeypatch.setattr(latency, "_build_model", lambda *a, **k: _track(real_build(*a, **k), built))
+    real_build = latency.build_network
+    monkeypatch.setattr(latency, "build_network", lambda *a, **k: _track(real_build(*a, **k), built))
     gc.disable()
     try:
         for backend in ("torch", "onnxruntime"):
-            measure_latency(TINY, input_hw=(32, 64), backend=backend, **{**FAST, "warmup": 0, "max_samples": 3})
+            measure_latency(TINY, settings(input_hw=(32, 64), backend=backend, warmup=0, max_samples=3))
         alive = [ref for ref in built if ref() is not None]
     finally:
         gc.enable()
@@ -584,14 +595,14 @@ def test_cli_input_too_small_and_bad_arch(tmp_path):
 
 
 class ScriptedLoad:
-    """Stands in for OthersCPU: each measurement sees the next share of ``shares``."""
+    """Stands in for load.OthersCPU: each measurement sees the next share of ``shares``."""
 
     def __init__(self, shares):
         self.shares = list(shares)
         self.waits = []
 
     def others(self):
-        load = self
+        scripted = self
 
         class _Others:
             share = None
@@ -600,7 +611,7 @@ class ScriptedLoad:
                 return self
 
             def __exit__(self, *exc):
-                self.share = load.shares.pop(0)
+                self.share = scripted.shares.pop(0)
 
         return _Others()
 
@@ -612,10 +623,10 @@ class ScriptedLoad:
 @pytest.fixture
 def scripted_load(monkeypatch):
     def install(shares):
-        load = ScriptedLoad(shares)
-        monkeypatch.setattr(latency, "OthersCPU", load.others)
-        monkeypatch.setattr(latency, "wait_for_quiet", load.wait)
-        return load
+        scripted = ScriptedLoad(shares)
+        monkeypatch.setattr(load, "OthersCPU", scripted.others)
+        monkeypatch.setattr(load, "wait_for_quiet", scripted.wait)
+        return scripted
 
     return install
 
