@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import types
 import weakref
 from pathlib import Path
 
@@ -376,6 +377,36 @@ def test_fingerprint_and_cache_key_are_pinned(settings):
             assert live[key] == value, key
     if all(live[k] == pinned[k] for k in MACHINE_KEYS if k not in ("host", "python")):
         assert fingerprint_hash(live) == pinned_hash  # this is the machine the pins were taken on
+
+
+# The CUDA fingerprints of the committed GPU run's machine (an H100; results/reference/lpsnet_synthetic_gpu),
+# rebuilt here without a GPU by answering the device queries as that machine did. The hashes were taken
+# before the latency module was split; the cudagraph one is the committed run's.
+CUDA_PINNED = {
+    ("cudagraph", "fp16", True): "400fd51dca897141",
+    ("torch", "fp32", False): "9971a0485c19b2e0",
+    ("onnxruntime", "fp16", False): "8ab5b7271754ade3",
+    ("tensorrt", "fp16", False): "b0650ea6134604a3",
+}
+
+
+@pytest.mark.parametrize(("backend", "dtype", "channels_last"), list(CUDA_PINNED))
+def test_cuda_fingerprint_is_pinned_without_a_gpu(monkeypatch, backend, dtype, channels_last):
+    h100 = types.SimpleNamespace(major=9, minor=0, total_memory=int(79.2 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h100)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(__version__="1.20.1"))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    s = LatencySettings(
+        input_hw=(256, 512), device="cuda:0", backend=backend, dtype=dtype, channels_last=channels_last, threads=16
+    )
+    fp = make_fingerprint(s)
+    assert fingerprint_hash(fp) == CUDA_PINNED[(backend, dtype, channels_last)]
+    assert fp["timer"] == ("perf_counter" if backend == "onnxruntime" else "cuda_event")
+    assert ("onnx_opset" in fp) is (backend in ("onnxruntime", "tensorrt"))
 
 
 def _latency_records(obj):
