@@ -24,8 +24,10 @@ from models import LPSNet, arch_from_dict, get_arch
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.measure import (
+    BACKENDS,
     CACHE_ENV,
     ONNX_OPSET,
+    CudaGraphRunner,
     LatencyCache,
     LatencyResult,
     LatencySettings,
@@ -33,12 +35,15 @@ from scaler.measure import (
     cache_key,
     cpu_allocator,
     fingerprint_hash,
+    get_runner,
     load,
     make_fingerprint,
     measure_latency,
+    register_runner,
     runners,
     steady_cpu_allocator,
 )
+from scaler.measure.onnx_export import OutputMismatch, check_output
 
 HW = (64, 128)
 # Few samples and one thread: these tests check behaviour, not timings, and one thread does not
@@ -212,6 +217,57 @@ def test_tensorrt_not_installed_is_one_line(monkeypatch):
     with pytest.raises(UserError, match="TensorRT is not installed") as info:
         tiny(backend="tensorrt")
     assert "\n" not in str(info.value) and "pip install tensorrt" in str(info.value)
+
+
+def test_backends_are_the_registered_runners(monkeypatch):
+    assert BACKENDS == tuple(runners.RUNNERS) == ("torch", "cudagraph", "onnxruntime", "tensorrt")
+    assert get_runner("cudagraph") is CudaGraphRunner and get_runner("torch") is TorchRunner
+    with pytest.raises(ValueError, match="'torch' is already registered"):
+        register_runner("torch")(TorchRunner)
+    monkeypatch.setattr(runners, "RUNNERS", dict(runners.RUNNERS))
+
+    @register_runner("constant")
+    class Constant(TorchRunner):
+        """Runs the network but reports 3 ms: a backend added from outside the package."""
+
+        @classmethod
+        def fingerprint_fields(cls, settings):
+            return {"backend_version": "1.0", "timer": "none"}
+
+        @classmethod
+        def runtime_label(cls, fingerprint):
+            return f"constant {fingerprint['backend_version']}"
+
+        def time_once(self) -> float:
+            self.run()
+            return 3.0
+
+    r = tiny(backend="constant")
+    assert r.median_ms == 3.0 and r.stable and r.fingerprint["backend"] == "constant"
+    assert r.fingerprint["timer"] == "none" and "constant 1.0, 1 threads" in r.describe_setup()
+
+
+def test_output_check_names_the_runtime_and_the_tolerance():
+    ref = torch.tensor([[1.0, -2.0]])
+    ok = check_output("rt 1.0", ref + 2**-10, ref, atol=1e-5, rtol=1e-3)  # exact in float32
+    assert ok.max_abs_diff == 2**-10 and ok.tolerance == pytest.approx(1e-5 + 2e-3)
+    with pytest.raises(OutputMismatch) as e:
+        check_output("rt 1.0", ref + 0.1, ref, atol=1e-5, rtol=1e-3)
+    assert str(e.value) == "rt 1.0 output differs from PyTorch's by 0.1 (tolerance 0.00201)"
+    assert not e.value.shape_differs
+    with pytest.raises(OutputMismatch, match="differs"):
+        check_output("rt 1.0", torch.full_like(ref, float("nan")), ref, atol=1e-5, rtol=1e-3)
+    with pytest.raises(OutputMismatch, match=r"^rt 1.0 output has shape \(2,\), PyTorch's \(1, 2\)$") as e:
+        check_output("rt 1.0", ref[0], ref, atol=1e-5, rtol=1e-3)
+    assert e.value.shape_differs
+    s = LatencySettings(input_hw=HW, dtype="bf16")
+    with pytest.raises(UserError) as e:
+        runners.check_runtime_output(ref * 2, ref, s, "rt 1.0")
+    assert str(e.value) == (
+        "rt 1.0 output differs from PyTorch's by 2 (tolerance 0.2) at bf16; "
+        "its timing would not be of the same network, so it is not reported"
+    )
+    assert runners.check_runtime_output(ref * 1.0625, ref, s, "rt 1.0") == 0.125
 
 
 @pytest.mark.parametrize(
