@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from scaler.measure import cpu_name, logical_cpus
 
 
 def command_line() -> str:
@@ -30,7 +20,7 @@ def command_line() -> str:
 def machine(threads: int) -> dict[str, Any]:
     return {
         "cpu": cpu_name(),
-        "logical_cpus": len(os.sched_getaffinity(0)),
+        "logical_cpus": logical_cpus(),
         "threads": threads,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -38,11 +38,10 @@ import torch
 from _common import command_line
 from torch.utils import benchmark
 
-import scaler.measure.latency as latency
 from models import LPSNet, get_arch, reparameterize
 from models.base import FixedUpsample
 from scaler.errors import UserError
-from scaler.measure.latency import measure_latency
+from scaler.measure import CudaEvents, CudaGraphRunner, LatencySettings, measure_latency
 
 MODELS = ("lpsnet_tiny", "lpsnet_s", "lpsnet_m", "lpsnet_l")
 # (label, dtype, TF32 allowed)
@@ -57,6 +56,13 @@ RUNTIMES = (
     ("TensorRT", "tensorrt", False),
 )
 HW = (1024, 2048)
+
+
+def on_gpu(**kwargs: Any) -> LatencySettings:
+    """Latency settings on the current GPU at :data:`HW`, default stopping rule, and ``kwargs``."""
+    return LatencySettings(**{"input_hw": HW, "device": "cuda", **kwargs})
+
+
 GOAL = 0.05
 
 
@@ -114,9 +120,7 @@ def runtimes(models: list[str]) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {"model": name, "precision": plabel, "runtime": rlabel}
                 try:
                     with tf32(allow_tf32):
-                        r = measure_latency(
-                            name, input_hw=HW, device="cuda", dtype=dtype, backend=backend, channels_last=cl
-                        )
+                        r = measure_latency(name, on_gpu(dtype=dtype, backend=backend, channels_last=cl))
                     row.update(r.to_dict())
                     print(
                         f"  {name:12s} {plabel:15s} {rlabel:14s} {r.median_ms:8.3f} ms "
@@ -148,14 +152,14 @@ def fidelity(name: str, rounds: int) -> dict[str, Any]:
     with torch.inference_mode():
         for _ in range(5):
             forward(x)
-        graph = latency._CudaGraph(forward, x, warmup=3)
+        graph = CudaGraphRunner(forward, x, on_gpu(backend="cudagraph", warmup=3))
         for label, backend, fn in (("eager", "torch", lambda: forward(x)), ("CUDA graph", "cudagraph", graph.run)):
             ours, theirs = [], []
             for i in range(rounds):
                 order = ("ours", "timer") if i % 2 == 0 else ("timer", "ours")
                 for arm in order:
                     if arm == "ours":
-                        r = measure_latency(model, input_hw=HW, device="cuda", backend=backend)
+                        r = measure_latency(model, on_gpu(backend=backend))
                         ours.append(r.median_ms)
                     else:
                         theirs.append(_timer_median(fn, 50))
@@ -169,7 +173,7 @@ def fidelity(name: str, rounds: int) -> dict[str, Any]:
 def repeatability(name: str, repeats: int) -> dict[str, Any]:
     out = {}
     for label, backend in (("eager", "torch"), ("CUDA graph", "cudagraph")):
-        medians = [measure_latency(name, input_hw=HW, device="cuda", backend=backend).median_ms for _ in range(repeats)]
+        medians = [measure_latency(name, on_gpu(backend=backend)).median_ms for _ in range(repeats)]
         mid = statistics.median(medians)
         out[label] = {
             "medians_ms": medians,
@@ -184,8 +188,7 @@ def upsample_cost(models: list[str]) -> dict[str, Any]:
     out = {}
     for name in models:
         a, b = (
-            measure_latency(name, input_hw=HW, device="cuda", dtype="fp16", backend="cudagraph", include_upsample=u)
-            for u in (False, True)
+            measure_latency(name, on_gpu(dtype="fp16", backend="cudagraph", include_upsample=u)) for u in (False, True)
         )
         out[name] = {"without_ms": a.median_ms, "with_ms": b.median_ms}
         print(f"  {name}: {a.median_ms:.3f} -> {b.median_ms:.3f} ms with the final upsample", flush=True)
@@ -221,7 +224,7 @@ def warmup_effect(name: str, repeats: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = reparameterize(LPSNet(get_arch(name)).eval()).cuda()
     x = torch.randn(1, 3, *HW, device="cuda")
-    events = latency._CudaEvents(torch.cuda.current_stream())
+    events = CudaEvents(torch.cuda.current_stream())
     torch.cuda.synchronize()
     time.sleep(3.0)  # as long as a search spends building and exporting between measurements, or longer
     ramp = []
@@ -235,7 +238,7 @@ def warmup_effect(name: str, repeats: int) -> dict[str, Any]:
         for arm in order:
             time.sleep(1.0)
             warmup = int(arm.split()[0])
-            arms[arm].append(measure_latency(name, input_hw=HW, device="cuda", warmup=warmup).median_ms)
+            arms[arm].append(measure_latency(name, on_gpu(warmup=warmup)).median_ms)
     out = {"ramp": ramp, "arms": {}}
     for arm, medians in arms.items():
         mid = statistics.median(medians)

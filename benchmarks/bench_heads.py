@@ -28,7 +28,7 @@ import torch
 from _common import command_line, machine, machine_line
 
 from models import HeadConfig, build_model, resolve_arch
-from scaler.measure.latency import measure_latency
+from scaler.measure import LatencySettings, measure_latency
 from scaler.measure.load import wait_for_quiet
 from scaler.proxy.train import TrainConfig, cached_dataset, train_and_evaluate
 
@@ -58,12 +58,14 @@ def latency_rows(
                     results[kind].append(
                         measure_latency(
                             archs[kind],
-                            input_hw=hw,
-                            device=device,
-                            dtype=dtype,
-                            backend=backend,
-                            threads=threads if device == "cpu" else None,
-                            min_samples=30 if device == "cpu" else 10,
+                            LatencySettings(
+                                input_hw=hw,
+                                device=device,
+                                dtype=dtype,
+                                backend=backend,
+                                threads=threads if device == "cpu" else None,
+                                min_samples=30 if device == "cpu" else 10,
+                            ),
                         )
                     )
             for kind in HEADS:

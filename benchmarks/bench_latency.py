@@ -34,7 +34,14 @@ import torch
 from torch.utils import benchmark
 
 from models import LPSNet, get_arch, reparameterize
-from scaler.measure.latency import measure_latency, steady_cpu_allocator
+from scaler.measure import (
+    LatencySettings,
+    TorchRunner,
+    build_network,
+    make_input,
+    measure_latency,
+    steady_cpu_allocator,
+)
 from scaler.measure.load import OthersCPU, wait_for_quiet
 
 GPU_MODELS = ("lpsnet_s", "lpsnet_m", "lpsnet_l")
@@ -86,7 +93,7 @@ def fidelity(
     window = [timer_s]
 
     def run_ours() -> dict[str, Any]:
-        r = measure_latency(model, input_hw=hw, threads=threads).to_dict()
+        r = measure_latency(model, LatencySettings(input_hw=hw, threads=threads)).to_dict()
         window[0] = max(timer_s, sum(r["samples_ms"]) / 1e3)
         return r
 
@@ -176,16 +183,14 @@ def per_run(
     Uses the library's own runner (copy of the network, input, timed call) so that the comparison is
     free of the machine's drift between windows, which dominates the round-level ratios above.
     """
-    from scaler.measure import latency
-
-    s = latency.LatencySettings(input_hw=hw, threads=threads)
+    s = LatencySettings(input_hw=hw, threads=threads)
     ours: list[float] = []
     bare: list[float] = []
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            runner = latency._TorchCPU(latency._build_model(model.arch, model, s), latency._make_input(s))
+            runner = TorchRunner(build_network(model.arch, model, s), make_input(s), s)
             runner.warm_up(s.warmup)
             for _ in range(s.warmup):
                 model(x, upsample=False)

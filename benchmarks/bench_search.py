@@ -33,7 +33,7 @@ from typing import Any
 
 from _common import command_line, machine, machine_line
 
-from scaler.measure.latency import LatencyCache
+from scaler.measure import LatencyCache
 from scaler.measure.load import OthersCPU, wait_for_quiet
 from scaler.report import hypervolume, trials_frame
 from scaler.report.draw import plot_run

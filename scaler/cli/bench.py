@@ -6,6 +6,16 @@ import click
 
 from models import list_models, resolve_arch
 from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
+from scaler.measure.settings import (
+    BACKENDS,
+    DEFAULT_MAX_OTHERS_SHARE,
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_TARGET_REL_SPREAD,
+    DEFAULT_TIME_CAP_S,
+    DEFAULT_WARMUP,
+    DTYPES,
+)
 
 
 @main.command("bench", epilog=ARCH_HELP)
@@ -13,10 +23,10 @@ from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--input", "input_hw", type=HxW(), default="1024x2048", show_default=True, help="Image size HxW.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per forward pass.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True)
 @click.option(
     "--backend",
-    type=click.Choice(["torch", "cudagraph", "onnxruntime", "tensorrt"]),
+    type=click.Choice(BACKENDS),
     default="torch",
     show_default=True,
     help="Runtime: eager PyTorch, a replayed CUDA graph, onnxruntime, or TensorRT.",
@@ -36,27 +46,29 @@ from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
     default=None,
     help="Number of classes (default: the architecture's own, 19 for the named models).",
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
-@click.option("--min-samples", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--max-samples", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first."
+)
+@click.option("--min-samples", type=click.IntRange(min=1), default=DEFAULT_MIN_SAMPLES, show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=DEFAULT_MAX_SAMPLES, show_default=True)
 @click.option(
     "--target-spread",
     type=click.FloatRange(min=0, min_open=True),
-    default=0.05,
+    default=DEFAULT_TARGET_REL_SPREAD,
     show_default=True,
     help="Stop once IQR/median of the samples is at most this.",
 )
 @click.option(
     "--time-cap",
     type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
+    default=DEFAULT_TIME_CAP_S,
     show_default=True,
     help="Stop sampling after this many seconds.",
 )
 @click.option(
     "--max-load",
     type=click.FloatRange(min=0, max=1),
-    default=0.2,
+    default=DEFAULT_MAX_OTHERS_SHARE,
     show_default=True,
     metavar="SHARE",
     help="CPU only: while other processes use more than this share of all CPUs, wait for a quiet "
@@ -98,13 +110,12 @@ def bench_cmd(
     Times the deploy form (BatchNorm folded) up to the head's logits, as the paper does, unless
     told otherwise. Results are cached by architecture + device fingerprint + stopping rule.
     """
-    from scaler.measure.latency import LatencyCache, measure_latency
+    from scaler.measure import LatencyCache, LatencySettings, measure_latency
     from scaler.report.render import format_latency
 
     resolved = resolve_arch(arch, num_classes=classes)
     cache = LatencyCache(cache_dir)
-    r = measure_latency(
-        resolved,
+    settings = LatencySettings(
         input_hw=input_hw,
         device=device,
         batch=batch,
@@ -120,9 +131,8 @@ def bench_cmd(
         target_rel_spread=target_spread,
         time_cap_s=time_cap,
         max_others_share=None if max_load >= 1 else max_load,
-        cache=cache,
-        refresh=no_cache,
     )
+    r = measure_latency(resolved, settings, cache=cache, refresh=no_cache)
     entry = cache.entry_path(r.cache_key)
     if as_json:
         emit_json({"name": arch if arch in list_models() else None, **r.to_dict(), "cache_entry": str(entry)})

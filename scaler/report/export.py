@@ -42,6 +42,7 @@ from models import (
 )
 from models.lpsnet import FixedUpsample
 from scaler.errors import UserError
+from scaler.measure.onnx_export import ONNX_OPSET, OutputMismatch, check_output, export_onnx
 from scaler.report.model_card import model_card
 from scaler.report.table import trials_frame
 from scaler.search.artifacts import attach_to_trial, warn_stderr
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 FORMATS = ("json", "onnx", "torchscript", "pt")
-ONNX_OPSET = 17
 FILE_NAMES = {"json": "arch.json", "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt": "weights.pt"}
 MODEL_CARD = "MODEL_CARD.md"
 # fp32 on the CPU: runtimes differ by reassociation only, far below this.
@@ -238,35 +238,19 @@ def _build(
 
 
 def _check(name: str, out: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
-    out, ref = out.detach().float(), ref.detach().float()
-    if tuple(out.shape) != tuple(ref.shape):
+    try:
+        check = check_output(name, out, ref, atol=ATOL, rtol=RTOL)
+    except OutputMismatch as e:
         path.unlink(missing_ok=True)
-        raise ExportError(f"{path}: {name} output has shape {tuple(out.shape)}, PyTorch's {tuple(ref.shape)}; removed")
-    diff = float((out - ref).abs().max())
-    tol = ATOL + RTOL * float(ref.abs().max())
-    if not diff <= tol:  # also catches NaN
-        path.unlink(missing_ok=True)
-        raise ExportError(f"{path}: {name} output differs from PyTorch's by {diff:.3g} (tolerance {tol:.3g}); removed")
-    return {"max_abs_diff": diff, "tolerance": tol}
+        raise ExportError(f"{path}: {e}; removed") from None
+    return {"max_abs_diff": check.max_abs_diff, "tolerance": check.tolerance}
 
 
 def _export_onnx(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
 
-    with warnings.catch_warnings():
-        # The tracer warns that shapes become constants: exactly what a fixed-shape export wants.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["image"],
-            output_names=["logits"],
-            do_constant_folding=True,
-        )
+    export_onnx(model, x, path)
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"image": x.numpy()})

@@ -8,7 +8,7 @@ from typing import Any
 from models import (
     LPSNetArch,
 )
-from scaler.measure.latency import ONNX_OPSET
+from scaler.measure.onnx_export import ONNX_OPSET
 from scaler.search.store import RunStore
 
 __all__ = ["model_card"]

@@ -18,7 +18,7 @@ from scaler.report.table import finite
 
 if TYPE_CHECKING:  # the records rendered here; importing them would load torch-heavy modules for nothing
     from scaler.measure.complexity import Complexity
-    from scaler.measure.latency import LatencyResult
+    from scaler.measure import LatencyResult
     from scaler.proxy.train import TrainConfig, TrainResult
     from scaler.report.export import ExportResult
     from scaler.search.run import SearchSummary

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from models import LPSNetArch, class_embeddings
 from scaler.errors import UserError
-from scaler.measure.latency import LatencyCache, measure_latency
+from scaler.measure import LatencyCache, measure_latency
 from scaler.measure.load import busy_share
 from scaler.proxy.data import open_dataset
 from scaler.proxy.train import TrainConfig, train_and_evaluate
@@ -164,7 +164,7 @@ def run_search(
 
         def latency(arch: LPSNetArch) -> dict[str, Any]:
             t = time.perf_counter()
-            result = measure_latency(arch, **dataclasses.asdict(space.latency), cache=cache)
+            result = measure_latency(arch, space.latency, cache=cache)
             timings["latency"] += time.perf_counter() - t
             d = result.to_dict()
             d.pop("samples_ms", None)

@@ -21,7 +21,7 @@ import yaml
 from models import ArchError, HeadConfig, HeadError, LPSNetArch, resolve_arch
 from scaler.errors import UserError
 from scaler.files import jsonable
-from scaler.measure.latency import LOAD_GUARD_KEYS, LatencySettings
+from scaler.measure import LOAD_GUARD_KEYS, LatencySettings
 from scaler.proxy.train import TrainConfig
 from scaler.search.expand import PAPER_OPERATORS, Constraints, Operator
 

@@ -13,25 +13,31 @@ import torch
 from click.testing import CliRunner
 from stripes import Stripes
 
-import scaler.measure.latency as latency
 from models import LPSNet, LPSNetArch, reparameterize
 from models.base import FixedUpsample
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.measure.latency import LatencyCache, measure_latency
+from scaler.measure import CACHE_ENV, CudaGraphRunner, LatencyCache, LatencySettings, measure_latency
 from scaler.proxy.train import TrainConfig, train_and_evaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 HW = (256, 512)
 FAST = {"warmup": 2, "min_samples": 5, "max_samples": 20, "time_cap_s": 2.0}
+
+
+def on_cuda(**kwargs) -> LatencySettings:
+    """The settings of these tests: input HW on the current GPU, few samples, and ``kwargs``."""
+    return LatencySettings(**{"input_hw": HW, "device": "cuda", **FAST, **kwargs})
+
+
 SMALL_NET = LPSNetArch(depth=(1, 1, 1, 1, 1), width=(8, 8, 16, 16, 16), resolution=(1,))
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     torch.manual_seed(0)
-    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "default-cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "default-cache"))
     yield
     torch.cuda.synchronize()
     torch.cuda.set_per_process_memory_fraction(1.0)
@@ -49,9 +55,7 @@ def _isolated(monkeypatch, tmp_path):
     ],
 )
 def test_cuda_measurement_and_fingerprint(backend, dtype, channels_last):
-    r = measure_latency(
-        "lpsnet_s", input_hw=HW, device="cuda", backend=backend, dtype=dtype, channels_last=channels_last, **FAST
-    )
+    r = measure_latency("lpsnet_s", on_cuda(backend=backend, dtype=dtype, channels_last=channels_last))
     assert 1 <= r.n_samples <= FAST["max_samples"] and r.median_ms > 0
     assert r.min_ms <= r.median_ms <= r.p90_ms
     fp = r.fingerprint
@@ -70,7 +74,7 @@ def test_cudagraph_replays_the_same_function_as_eager():
     x = torch.randn(1, 3, *HW, device="cuda")
     with torch.inference_mode():
         expected = forward(x)
-        runner = latency._CudaGraph(forward, x, warmup=2)
+        runner = CudaGraphRunner(forward, x, on_cuda(backend="cudagraph", warmup=2))
         x.copy_(torch.randn(1, 3, *HW, device="cuda"))  # the graph reads the input by address
         runner.run()
         torch.cuda.synchronize()
@@ -82,19 +86,19 @@ def test_cudagraph_replays_the_same_function_as_eager():
 
 def test_cuda_cache_hit_and_key_follow_the_fingerprint(tmp_path):
     cache = LatencyCache(tmp_path / "c")
-    a = measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", cache=cache, **FAST)
-    b = measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", cache=cache, **FAST)
+    a = measure_latency("lpsnet_tiny", on_cuda(), cache=cache)
+    b = measure_latency("lpsnet_tiny", on_cuda(), cache=cache)
     assert not a.from_cache and b.from_cache and a.median_ms == b.median_ms
-    c = measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", dtype="fp16", cache=cache, **FAST)
+    c = measure_latency("lpsnet_tiny", on_cuda(dtype="fp16"), cache=cache)
     assert not c.from_cache and c.cache_key != a.cache_key and len(cache) == 2
 
 
 def test_repeated_cuda_calls_release_gpu_memory():
-    measure_latency("lpsnet_s", input_hw=HW, device="cuda", backend="cudagraph", **FAST)
+    measure_latency("lpsnet_s", on_cuda(backend="cudagraph"))
     torch.cuda.synchronize()
     baseline = torch.cuda.memory_allocated()
     for backend in ("torch", "cudagraph") * 4:
-        measure_latency("lpsnet_s", input_hw=HW, device="cuda", backend=backend, **FAST)
+        measure_latency("lpsnet_s", on_cuda(backend=backend))
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == baseline
 
@@ -107,20 +111,20 @@ def test_runtimes_that_are_missing_say_so_in_one_line():
     except ImportError:
         has_cuda_ep = False
     if has_cuda_ep:
-        r = measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", backend="onnxruntime", **FAST)
+        r = measure_latency("lpsnet_tiny", on_cuda(backend="onnxruntime"))
         assert r.fingerprint["execution_provider"] == "CUDAExecutionProvider" and r.output_max_abs_diff is not None
     else:
         with pytest.raises(UserError, match=r"CUDAExecutionProvider|onnxruntime is not installed") as e:
-            measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", backend="onnxruntime", **FAST)
+            measure_latency("lpsnet_tiny", on_cuda(backend="onnxruntime"))
         assert "\n" not in str(e.value)
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         with pytest.raises(UserError, match="TensorRT is not installed") as e:
-            measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", backend="tensorrt", **FAST)
+            measure_latency("lpsnet_tiny", on_cuda(backend="tensorrt"))
         assert "\n" not in str(e.value)
     else:
-        r = measure_latency("lpsnet_tiny", input_hw=HW, device="cuda", backend="tensorrt", **FAST)
+        r = measure_latency("lpsnet_tiny", on_cuda(backend="tensorrt"))
         assert r.output_max_abs_diff is not None
 
 
@@ -128,7 +132,7 @@ def test_real_cuda_out_of_memory_is_one_line_for_latency():
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(64 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
     with pytest.raises(UserError, match=r"out of memory on cuda:\d+ at batch 8, input 1024x2048, fp32"):
-        measure_latency("lpsnet_l", input_hw=(1024, 2048), batch=8, device="cuda", **FAST)
+        measure_latency("lpsnet_l", on_cuda(input_hw=(1024, 2048), batch=8))
 
 
 def test_training_on_cuda_with_amp_and_channels_last_learns():
@@ -154,7 +158,7 @@ def test_cli_bench_on_cuda_json(tmp_path):
     result = CliRunner().invoke(
         main,
         ["bench", "lpsnet_tiny", "--device", "cuda", "--backend", "cudagraph", "--input", "256x512", "--json"],
-        env={latency.CACHE_ENV: str(tmp_path / "cache")},
+        env={CACHE_ENV: str(tmp_path / "cache")},
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

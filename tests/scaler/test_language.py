@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from stripes import Stripes
 import scaler.search.run as search_mod
 from models import HeadConfig, LPSNetArch, build_model, class_embeddings, save_embeddings
 from scaler.cli import main
-from scaler.measure.latency import measure_latency
+from scaler.measure import LatencySettings, measure_latency
 from scaler.proxy.data import open_dataset
 from scaler.proxy.train import TrainConfig, train_and_evaluate
 from scaler.report.export import export_trial
@@ -71,12 +72,13 @@ def test_training_a_language_guided_head_learns(tmp_path, kind, monkeypatch):
 
 
 def test_latency_of_a_language_guided_network_and_its_onnx_form():
-    plain = measure_latency("lpsnet_tiny", input_hw=(64, 128), **FAST)
-    fused = measure_latency("lpsnet_tiny+fusion", input_hw=(64, 128), **FAST)
+    settings = LatencySettings(input_hw=(64, 128), **FAST)
+    plain = measure_latency("lpsnet_tiny", settings)
+    fused = measure_latency("lpsnet_tiny+fusion", settings)
     assert fused.cache_key != plain.cache_key and fused.arch.head.kind == "fusion"
     assert fused.to_dict()["arch"]["head"]["kind"] == "fusion"
     # onnxruntime runs the exported network (class embeddings baked in) and matches PyTorch.
-    ort = measure_latency("mobilenetv2_050+fusion", input_hw=(64, 128), backend="onnxruntime", **FAST)
+    ort = measure_latency("mobilenetv2_050+fusion", dataclasses.replace(settings, backend="onnxruntime"))
     assert ort.output_max_abs_diff is not None and ort.output_max_abs_diff < 1e-3
 
 
@@ -132,7 +134,7 @@ def test_search_and_export_with_a_fusion_head(tmp_path, monkeypatch):
     monkeypatch.setattr(
         search_mod,
         "measure_latency",
-        lambda arch, **kw: _Fake(
+        lambda arch, settings, **kw: _Fake(
             sum(arch.depth) * 0.1 + sum(arch.width) * 0.01 + 4 * sum(r * r for r in arch.resolution)
         ),
     )

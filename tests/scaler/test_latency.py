@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import types
 import weakref
 from pathlib import Path
 
@@ -19,18 +20,30 @@ import torch
 from click.testing import CliRunner
 
 import scaler.measure.latency as latency
-from models import LPSNet, get_arch
+from models import LPSNet, arch_from_dict, get_arch
 from scaler.cli import main
 from scaler.errors import UserError
-from scaler.measure.latency import (
+from scaler.measure import (
+    BACKENDS,
+    CACHE_ENV,
+    ONNX_OPSET,
+    CudaGraphRunner,
     LatencyCache,
     LatencyResult,
     LatencySettings,
+    TorchRunner,
     cache_key,
+    cpu_allocator,
     fingerprint_hash,
+    get_runner,
+    load,
     make_fingerprint,
     measure_latency,
+    register_runner,
+    runners,
+    steady_cpu_allocator,
 )
+from scaler.measure.onnx_export import OutputMismatch, check_output
 
 HW = (64, 128)
 # Few samples and one thread: these tests check behaviour, not timings, and one thread does not
@@ -45,11 +58,15 @@ TINY = "lpsnet_tiny"
 def _seeded_and_isolated(monkeypatch, tmp_path):
     torch.manual_seed(0)
     # Never touch the user's real cache from a test.
-    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "default-cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "default-cache"))
 
 
-def tiny(**kwargs) -> LatencyResult:
-    return measure_latency(TINY, **{"input_hw": HW, **FAST, **kwargs})
+def settings(**kwargs) -> LatencySettings:
+    return LatencySettings(**{"input_hw": HW, **FAST, **kwargs})
+
+
+def tiny(cache: LatencyCache | None = None, refresh: bool = False, **kwargs) -> LatencyResult:
+    return measure_latency(TINY, settings(**kwargs), cache=cache, refresh=refresh)
 
 
 def scripted_times(monkeypatch, values):
@@ -60,7 +77,7 @@ def scripted_times(monkeypatch, values):
         self.model(self.x)
         return next(it)
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", fake)
+    monkeypatch.setattr(TorchRunner, "time_once", fake)
 
 
 # --------------------------------------------------------------------------- the result
@@ -82,7 +99,7 @@ def test_result_fields_are_consistent():
     assert fp["input_shape"] == [1, 3, *HW]
     assert fp["deploy"] is True and fp["include_upsample"] is False and fp["channels_last"] is False
     assert fp["device_name"] and fp["torch"] == torch.__version__ and fp["host"]
-    assert fp["cpu_allocator"] == latency.cpu_allocator() == latency.steady_cpu_allocator()
+    assert fp["cpu_allocator"] == cpu_allocator() == steady_cpu_allocator()
     assert r.fingerprint_hash == fingerprint_hash(fp)
     assert r.arch == get_arch(TINY) and not r.from_cache and r.output_max_abs_diff is None
     assert r.cache_key.startswith(get_arch(TINY).arch_hash() + "-" + r.fingerprint_hash)
@@ -110,7 +127,7 @@ def test_time_cap_stops_sampling(monkeypatch):
         time.sleep(0.05)
         return 5.0  # perfectly stable, but min_samples is never reached within the cap
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", slow)
+    monkeypatch.setattr(TorchRunner, "time_once", slow)
     r = tiny(min_samples=50, max_samples=100, time_cap_s=0.2)
     assert r.stop_reason == "time_cap" and not r.stable and 1 <= r.n_samples < 50
 
@@ -125,7 +142,7 @@ def test_threads_and_collector_restored_after_success_and_failure(monkeypatch):
     def boom(self) -> float:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(latency._TorchCPU, "time_once", boom)
+    monkeypatch.setattr(TorchRunner, "time_once", boom)
     with pytest.raises(RuntimeError, match="boom"):
         tiny(threads=other)
     assert torch.get_num_threads() == before and gc.isenabled()
@@ -145,21 +162,21 @@ def test_deploy_and_train_form(deploy):
 def test_model_argument_is_not_changed():
     model = LPSNet(get_arch(TINY)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = measure_latency(model, input_hw=HW, dtype="bf16", channels_last=True, **FAST)
+    r = measure_latency(model, settings(dtype="bf16", channels_last=True))
     assert r.arch == model.arch and r.fingerprint["dtype"] == "bf16"
     assert model.training and not model.deploy
     for k, v in model.state_dict().items():
         assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
     assert model.head.weight.is_contiguous()
     deployed = LPSNet(get_arch(TINY), deploy=True)
-    assert measure_latency(deployed, input_hw=HW, **FAST).fingerprint["deploy"] is True
+    assert measure_latency(deployed, settings()).fingerprint["deploy"] is True
     with pytest.raises(UserError, match="already in deploy form"):
-        measure_latency(deployed, input_hw=HW, deploy=False, **FAST)
+        measure_latency(deployed, settings(deploy=False))
 
 
 def test_channels_last_bf16_batch_and_inline_arch():
     arch = get_arch(TINY)
-    r = measure_latency(arch.inline(), input_hw=HW, channels_last=True, dtype="bf16", batch=2, **FAST)
+    r = measure_latency(arch.inline(), settings(channels_last=True, dtype="bf16", batch=2))
     fp = r.fingerprint
     assert fp["channels_last"] is True and fp["dtype"] == "bf16" and fp["input_shape"] == [2, 3, *HW]
     assert "channels_last" in r.describe_setup()
@@ -180,7 +197,7 @@ def test_onnxruntime_backend_runs_and_checks_its_output():
     r = tiny(backend="onnxruntime")
     fp = r.fingerprint
     assert fp["backend"] == "onnxruntime" and fp["execution_provider"] == "CPUExecutionProvider"
-    assert fp["backend_version"] and fp["onnx_opset"] == latency.ONNX_OPSET
+    assert fp["backend_version"] and fp["onnx_opset"] == ONNX_OPSET
     assert r.output_max_abs_diff is not None and r.output_max_abs_diff < 1e-4
     assert r.median_ms > 0 and "onnxruntime" in r.describe_setup()
 
@@ -188,7 +205,7 @@ def test_onnxruntime_backend_runs_and_checks_its_output():
 def test_onnxruntime_output_mismatch_fails_clearly(monkeypatch):
     pytest.importorskip("onnxruntime")
     before = torch.get_num_threads()
-    monkeypatch.setattr(latency, "_OUTPUT_RTOL", {"fp32": -1.0, "fp16": -1.0, "bf16": -1.0})
+    monkeypatch.setattr(runners, "OUTPUT_RTOL", {"fp32": -1.0, "fp16": -1.0, "bf16": -1.0})
     with pytest.raises(UserError, match=r"onnxruntime .* output differs from PyTorch's") as info:
         tiny(backend="onnxruntime")
     assert "\n" not in str(info.value)
@@ -200,6 +217,57 @@ def test_tensorrt_not_installed_is_one_line(monkeypatch):
     with pytest.raises(UserError, match="TensorRT is not installed") as info:
         tiny(backend="tensorrt")
     assert "\n" not in str(info.value) and "pip install tensorrt" in str(info.value)
+
+
+def test_backends_are_the_registered_runners(monkeypatch):
+    assert BACKENDS == tuple(runners.RUNNERS) == ("torch", "cudagraph", "onnxruntime", "tensorrt")
+    assert get_runner("cudagraph") is CudaGraphRunner and get_runner("torch") is TorchRunner
+    with pytest.raises(ValueError, match="'torch' is already registered"):
+        register_runner("torch")(TorchRunner)
+    monkeypatch.setattr(runners, "RUNNERS", dict(runners.RUNNERS))
+
+    @register_runner("constant")
+    class Constant(TorchRunner):
+        """Runs the network but reports 3 ms: a backend added from outside the package."""
+
+        @classmethod
+        def fingerprint_fields(cls, settings):
+            return {"backend_version": "1.0", "timer": "none"}
+
+        @classmethod
+        def runtime_label(cls, fingerprint):
+            return f"constant {fingerprint['backend_version']}"
+
+        def time_once(self) -> float:
+            self.run()
+            return 3.0
+
+    r = tiny(backend="constant")
+    assert r.median_ms == 3.0 and r.stable and r.fingerprint["backend"] == "constant"
+    assert r.fingerprint["timer"] == "none" and "constant 1.0, 1 threads" in r.describe_setup()
+
+
+def test_output_check_names_the_runtime_and_the_tolerance():
+    ref = torch.tensor([[1.0, -2.0]])
+    ok = check_output("rt 1.0", ref + 2**-10, ref, atol=1e-5, rtol=1e-3)  # exact in float32
+    assert ok.max_abs_diff == 2**-10 and ok.tolerance == pytest.approx(1e-5 + 2e-3)
+    with pytest.raises(OutputMismatch) as e:
+        check_output("rt 1.0", ref + 0.1, ref, atol=1e-5, rtol=1e-3)
+    assert str(e.value) == "rt 1.0 output differs from PyTorch's by 0.1 (tolerance 0.00201)"
+    assert not e.value.shape_differs
+    with pytest.raises(OutputMismatch, match="differs"):
+        check_output("rt 1.0", torch.full_like(ref, float("nan")), ref, atol=1e-5, rtol=1e-3)
+    with pytest.raises(OutputMismatch, match=r"^rt 1.0 output has shape \(2,\), PyTorch's \(1, 2\)$") as e:
+        check_output("rt 1.0", ref[0], ref, atol=1e-5, rtol=1e-3)
+    assert e.value.shape_differs
+    s = LatencySettings(input_hw=HW, dtype="bf16")
+    with pytest.raises(UserError) as e:
+        runners.check_runtime_output(ref * 2, ref, s, "rt 1.0")
+    assert str(e.value) == (
+        "rt 1.0 output differs from PyTorch's by 2 (tolerance 0.2) at bf16; "
+        "its timing would not be of the same network, so it is not reported"
+    )
+    assert runners.check_runtime_output(ref * 1.0625, ref, s, "rt 1.0") == 0.125
 
 
 @pytest.mark.parametrize(
@@ -234,13 +302,13 @@ def test_bad_requests_are_one_line_user_errors(monkeypatch, kwargs, message):
 @pytest.fixture
 def count_measurements(monkeypatch):
     calls = []
-    real = latency._measure
+    real = latency.measure_once
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(latency, "_measure", counting)
+    monkeypatch.setattr(latency, "measure_once", counting)
     return calls
 
 
@@ -293,6 +361,130 @@ def test_cache_key_depends_on_arch_fingerprint_and_rule():
     assert fingerprint_hash({**fp, "device_name": "another CPU"}) != fingerprint_hash(fp)
 
 
+# Fingerprints and cache keys must stay byte-identical across refactors: committed runs (results/reference)
+# and users' caches are keyed by them. Taken on the maintainers' CPU machine (AMD EPYC, 2 logical CPUs).
+PINNED = {
+    LatencySettings(input_hw=(256, 512), threads=1): (
+        {
+            "device": "cpu",
+            "device_name": "AMD EPYC",
+            "logical_cpus": 2,
+            "cpu_allocator": "glibc malloc keeping freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)",
+            "cuda": None,
+            "cudnn": None,
+            "torch": "2.13.0+cpu",
+            "backend": "torch",
+            "backend_version": "2.13.0+cpu",
+            "timer": "perf_counter",
+            "threads": 1,
+            "dtype": "fp32",
+            "batch": 1,
+            "input_shape": [1, 3, 256, 512],
+            "channels_last": False,
+            "deploy": True,
+            "include_upsample": False,
+            "host": "vm",
+            "python": "3.11.7",
+        },
+        "bd6964e94c8ba8da",
+        "2a273e0bdeb1-bd6964e94c8ba8da-b5e65cec",
+    ),
+    LatencySettings(input_hw=(256, 512), threads=2, backend="onnxruntime", batch=2, include_upsample=True): (
+        {
+            "device": "cpu",
+            "device_name": "AMD EPYC",
+            "logical_cpus": 2,
+            "cpu_allocator": "glibc malloc keeping freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)",
+            "cuda": None,
+            "cudnn": None,
+            "torch": "2.13.0+cpu",
+            "backend": "onnxruntime",
+            "backend_version": "1.32.0",
+            "execution_provider": "CPUExecutionProvider",
+            "onnx_opset": 17,
+            "timer": "perf_counter",
+            "threads": 2,
+            "dtype": "fp32",
+            "batch": 2,
+            "input_shape": [2, 3, 256, 512],
+            "channels_last": False,
+            "deploy": True,
+            "include_upsample": True,
+            "host": "vm",
+            "python": "3.11.7",
+        },
+        "048e403ad99a3419",
+        "2a273e0bdeb1-048e403ad99a3419-b5e65cec",
+    ),
+}
+# What differs from machine to machine (and so is compared by key only, not by value).
+MACHINE_KEYS = ("device_name", "logical_cpus", "cpu_allocator", "torch", "backend_version", "host", "python")
+
+
+@pytest.mark.parametrize("settings", list(PINNED), ids=["torch", "onnxruntime"])
+def test_fingerprint_and_cache_key_are_pinned(settings):
+    pinned, pinned_hash, pinned_key = PINNED[settings]
+    assert fingerprint_hash(pinned) == pinned_hash
+    assert cache_key(get_arch(TINY), pinned, settings.rule()) == pinned_key
+    live = make_fingerprint(settings)
+    assert list(live) == list(pinned), "fingerprint keys (or their order) changed"
+    for key, value in pinned.items():
+        if key not in MACHINE_KEYS:
+            assert live[key] == value, key
+    if all(live[k] == pinned[k] for k in MACHINE_KEYS if k not in ("host", "python")):
+        assert fingerprint_hash(live) == pinned_hash  # this is the machine the pins were taken on
+
+
+# The CUDA fingerprints of the committed GPU run's machine (an H100; results/reference/lpsnet_synthetic_gpu),
+# rebuilt here without a GPU by answering the device queries as that machine did. The hashes were taken
+# before the latency module was split; the cudagraph one is the committed run's.
+CUDA_PINNED = {
+    ("cudagraph", "fp16", True): "400fd51dca897141",
+    ("torch", "fp32", False): "9971a0485c19b2e0",
+    ("onnxruntime", "fp16", False): "8ab5b7271754ade3",
+    ("tensorrt", "fp16", False): "b0650ea6134604a3",
+}
+
+
+@pytest.mark.parametrize(("backend", "dtype", "channels_last"), list(CUDA_PINNED))
+def test_cuda_fingerprint_is_pinned_without_a_gpu(monkeypatch, backend, dtype, channels_last):
+    h100 = types.SimpleNamespace(major=9, minor=0, total_memory=int(79.2 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h100)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(__version__="1.20.1"))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    s = LatencySettings(
+        input_hw=(256, 512), device="cuda:0", backend=backend, dtype=dtype, channels_last=channels_last, threads=16
+    )
+    fp = make_fingerprint(s)
+    assert fingerprint_hash(fp) == CUDA_PINNED[(backend, dtype, channels_last)]
+    assert fp["timer"] == ("perf_counter" if backend == "onnxruntime" else "cuda_event")
+    assert ("onnx_opset" in fp) is (backend in ("onnxruntime", "tensorrt"))
+
+
+def _latency_records(obj):
+    if isinstance(obj, dict):
+        if "fingerprint_hash" in obj and "cache_key" in obj:
+            yield obj
+        for v in obj.values():
+            yield from _latency_records(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _latency_records(v)
+
+
+def test_committed_runs_keep_their_fingerprint_hashes_and_cache_keys():
+    journals = sorted((Path(__file__).resolve().parents[2] / "results" / "reference").glob("*/study.journal"))
+    records = [r for j in journals for line in j.read_text().splitlines() for r in _latency_records(json.loads(line))]
+    assert len(journals) == 3 and len(records) >= 60
+    for r in records:
+        assert fingerprint_hash(r["fingerprint"]) == r["fingerprint_hash"]
+        assert cache_key(arch_from_dict(r["arch"]), r["fingerprint"], r["rule"]) == r["cache_key"]
+
+
 def test_corrupt_entry_is_a_miss_and_gets_replaced(tmp_path, count_measurements):
     cache = LatencyCache(tmp_path)
     first = tiny(cache=cache)
@@ -312,16 +504,16 @@ def test_unwritable_cache_is_a_user_error(tmp_path):
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "here"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "here"))
     assert LatencyCache().path == tmp_path / "here"
-    monkeypatch.delenv(latency.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     assert LatencyCache().path == Path.home() / ".cache" / "lps-scaler" / "latency"
 
 
 _WRITER = textwrap.dedent(
     """
     import json, sys
-    from scaler.measure.latency import LatencyCache, LatencyResult
+    from scaler.measure import LatencyCache, LatencyResult
     cache = LatencyCache(sys.argv[1])
     base = LatencyResult.from_dict(json.loads(open(sys.argv[2]).read()))
     tag = sys.argv[3]
@@ -366,24 +558,24 @@ def test_concurrent_writers_do_not_corrupt_the_cache(tmp_path):
 
 def test_repeated_calls_release_everything(monkeypatch):
     built: list[weakref.ref] = []
-    real_build = latency._build_model
+    real_build = latency.build_network
 
     def tracking_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(latency, "_build_model", tracking_build)
+    monkeypatch.setattr(latency, "build_network", tracking_build)
     # The load guard off: a busy machine would measure some calls again (more networks built).
-    few = {"warmup": 0, "min_samples": 2, "max_samples": 2, "threads": 1, "max_others_share": None}
+    few = LatencySettings(input_hw=(32, 64), warmup=0, min_samples=2, max_samples=2, threads=1, max_others_share=None)
     for _ in range(10):  # first-call caches (CPU name, lazy imports, allocator pools) fill here
-        measure_latency(TINY, input_hw=(32, 64), **few)
+        measure_latency(TINY, few)
     gc.collect()
     tracemalloc.start()
     try:
         start, _ = tracemalloc.get_traced_memory()
         for _ in range(200):
-            measure_latency(TINY, input_hw=(32, 64), **few)
+            measure_latency(TINY, few)
         gc.collect()
         end, _ = tracemalloc.get_traced_memory()
     finally:
@@ -394,12 +586,12 @@ def test_repeated_calls_release_everything(monkeypatch):
 
 def test_networks_are_freed_without_the_cyclic_collector(monkeypatch):
     built: list[weakref.ref] = []
-    real_build = latency._build_model
-    monkeypatch.setattr(latency, "_build_model", lambda *a, **k: _track(real_build(*a, **k), built))
+    real_build = latency.build_network
+    monkeypatch.setattr(latency, "build_network", lambda *a, **k: _track(real_build(*a, **k), built))
     gc.disable()
     try:
         for backend in ("torch", "onnxruntime"):
-            measure_latency(TINY, input_hw=(32, 64), backend=backend, **{**FAST, "warmup": 0, "max_samples": 3})
+            measure_latency(TINY, settings(input_hw=(32, 64), backend=backend, warmup=0, max_samples=3))
         alive = [ref for ref in built if ref() is not None]
     finally:
         gc.enable()
@@ -490,14 +682,14 @@ def test_cli_input_too_small_and_bad_arch(tmp_path):
 
 
 class ScriptedLoad:
-    """Stands in for OthersCPU: each measurement sees the next share of ``shares``."""
+    """Stands in for load.OthersCPU: each measurement sees the next share of ``shares``."""
 
     def __init__(self, shares):
         self.shares = list(shares)
         self.waits = []
 
     def others(self):
-        load = self
+        scripted = self
 
         class _Others:
             share = None
@@ -506,7 +698,7 @@ class ScriptedLoad:
                 return self
 
             def __exit__(self, *exc):
-                self.share = load.shares.pop(0)
+                self.share = scripted.shares.pop(0)
 
         return _Others()
 
@@ -518,10 +710,10 @@ class ScriptedLoad:
 @pytest.fixture
 def scripted_load(monkeypatch):
     def install(shares):
-        load = ScriptedLoad(shares)
-        monkeypatch.setattr(latency, "OthersCPU", load.others)
-        monkeypatch.setattr(latency, "wait_for_quiet", load.wait)
-        return load
+        scripted = ScriptedLoad(shares)
+        monkeypatch.setattr(load, "OthersCPU", scripted.others)
+        monkeypatch.setattr(load, "wait_for_quiet", scripted.wait)
+        return scripted
 
     return install
 

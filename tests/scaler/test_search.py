@@ -13,6 +13,7 @@ import scaler.search.run as search_mod
 import scaler.search.strategies.samplers as strategies_mod
 from scaler.cli import main
 from scaler.errors import UserError
+from scaler.measure import LatencySettings
 from scaler.proxy.train import TrainResult
 from scaler.search.run import run_search
 from scaler.search.space import load_space
@@ -47,7 +48,8 @@ class FakeLatency:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, arch, **kw):
+    def __call__(self, arch, settings, **kw):
+        assert isinstance(settings, LatencySettings)  # the space's settings, passed as they are
         self.calls += 1
         ms = sum(arch.depth) * 0.1 + sum(arch.width) * 0.01 + 4 * sum(r * r for r in arch.resolution)
         return _Result(ms)
@@ -235,7 +237,7 @@ def test_sampler_progress_counts_trained_trials(tmp_path, fake_latency, capsys):
 
 
 def test_busy_cpu_is_reported_before_and_during_the_search(tmp_path, monkeypatch):
-    def loaded(arch, **kw):
+    def loaded(arch, settings, **kw):
         class R:
             def to_dict(self):
                 return {"median_ms": 1.5, "under_load": True, "others_cpu_share": 0.45, "fingerprint": {}}

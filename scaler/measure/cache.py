@@ -1,0 +1,94 @@
+"""Latency results on disk, keyed by architecture + fingerprint + stopping rule, shared between processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+from scaler.errors import UserError
+from scaler.files import atomic_write_text
+from scaler.measure.settings import LatencyResult
+
+__all__ = ["CACHE_ENV", "CACHE_FORMAT", "LatencyCache", "default_cache_dir"]
+
+CACHE_ENV = "LPS_SCALER_CACHE"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$LPS_SCALER_CACHE`` if set, else ``~/.cache/lps-scaler/latency``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "lps-scaler" / "latency"
+
+
+class LatencyCache:
+    """Latency results on disk: one JSON file per key, written atomically.
+
+    Each entry is written to a temporary file in the same folder and renamed over its final name,
+    so any number of processes (on one host, or hosts sharing a POSIX file system) may read and
+    write at once: a reader sees a whole old entry, a whole new one, or none. Two writers of the
+    same key both succeed; the later rename wins.
+
+    Args:
+        path: The folder; default :func:`default_cache_dir`. Created on the first write.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+
+    def __repr__(self) -> str:
+        return f"LatencyCache({str(self.path)!r})"
+
+    def entry_path(self, key: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f-]+", key):
+            raise ValueError(f"malformed latency cache key {key!r}")
+        return self.path / f"{key}.json"
+
+    def get(self, key: str) -> LatencyResult | None:
+        """The stored result for ``key`` (with ``from_cache=True``), or ``None``.
+
+        An unreadable or foreign entry counts as missing; the next :meth:`put` replaces it.
+        """
+        try:
+            data = json.loads(self.entry_path(key).read_text())
+            if data.get("format") != CACHE_FORMAT or data.get("key") != key:
+                return None
+            result = LatencyResult.from_dict(data["result"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return dataclasses.replace(result, from_cache=True)
+
+    def put(self, key: str, result: LatencyResult) -> Path:
+        """Store ``result`` under ``key``, replacing any entry.
+
+        Returns:
+            The entry's path.
+
+        Raises:
+            UserError: The folder cannot be written; the message names it.
+        """
+        final = self.entry_path(key)
+        entry = {"format": CACHE_FORMAT, "key": key, "result": {**result.to_dict(), "from_cache": False}}
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(final, json.dumps(entry))
+        except OSError as e:
+            raise UserError(
+                f"cannot write the latency cache in {self.path} ({e.strerror or e}); "
+                f"set {CACHE_ENV} to a writable folder"
+            ) from None
+        return final
+
+    def keys(self) -> list[str]:
+        """Keys of the stored entries, sorted."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.stem for p in self.path.glob("*.json") if not p.name.startswith("."))
+
+    def __len__(self) -> int:
+        return len(self.keys())
