@@ -17,8 +17,8 @@ from scaler.report.summary import FrontierReport
 from scaler.report.table import finite
 
 if TYPE_CHECKING:  # the records rendered here; importing them would load torch-heavy modules for nothing
-    from scaler.measure.complexity import Complexity
     from scaler.measure import LatencyResult
+    from scaler.measure.complexity import Complexity
     from scaler.proxy.train import TrainConfig, TrainResult
     from scaler.report.export import ExportResult
     from scaler.search.run import SearchSummary
