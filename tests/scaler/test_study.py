@@ -60,7 +60,7 @@ class _Latency:
 def fake_search(monkeypatch, tmp_path):
     """Deterministic latency and an instant 'training' (mIoU from the width), so only the bookkeeping runs."""
     monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "latency-cache"))
-    monkeypatch.setattr(search_mod, "measure_latency", lambda arch, **kw: _Latency(_latency_ms(arch)))
+    monkeypatch.setattr(search_mod, "measure_latency", lambda arch, settings, **kw: _Latency(_latency_ms(arch)))
 
     def train(arch, config, **kw):
         return TrainResult(
