@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from models import LPSNetArch, describe_model, get_arch, list_models, resolve_arch
+from models import describe_model, get_arch, list_models, resolve_arch
 from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
 
 
@@ -85,24 +85,12 @@ def info_cmd(
         return
     h, w = input_hw
     a = resolved
-    paths = ", ".join(f"{ph}x{pw}" for ph, pw in c.path_inputs)
     upsample = "with the final upsample" if with_upsample else "up to the head's logits (no final upsample)"
     lines = [
         f"{arch}" if arch == a.inline() else f"{arch}  ({a.inline()})",
         f"  hash         {a.arch_hash()}",
     ]
-    if isinstance(a, LPSNetArch):
-        lines += [
-            f"  depth        {' '.join(map(str, a.depth))}",
-            f"  width        {' '.join(map(str, a.width))}",
-            f"  resolution   {' '.join(f'{r:g}' for r in a.resolution)}  "
-            f"({a.num_paths} path{'s' if a.num_paths > 1 else ''}; inputs {paths})",
-        ]
-    else:
-        lines += [
-            f"  backbone     MobileNetV2-style, width x{a.width_mult:g} (output stride 16)",
-            f"  channels     {a.stem_channels} {' '.join(map(str, a.stage_channels))}",
-        ]
+    lines += [f"  {label:<12} {value}" for label, value in a.structure(h, w)]
     lines += [
         f"  head         {a.head.describe()}",
         f"  classes      {a.num_classes}",
