@@ -135,8 +135,9 @@ def register_model(name: str, description: str = "") -> Callable[[ArchFactory], 
             raise ValueError(f"model {name!r} is already registered")
         if "+" in name:
             raise ValueError(f"model name {name!r} may not contain '+' (NAME+KIND names a head)")
+        # The first line of the docstring, or nothing: a factory without one still registers.
+        _DESCRIPTIONS[name] = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         _REGISTRY[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
         return fn
 
     return wrap
