@@ -238,3 +238,14 @@ def test_seeded_run_with_a_fusion_head_is_pinned(tmp_path, monkeypatch):
     assert r.loss_first == 1.5969047546386719
     assert r.loss_last == 1.172715663909912
     assert r.loss_curve == [1.5969, 2.02665, 1.46703, 1.78378, 1.48291, 1.19622, 1.23395, 1.17272]
+
+
+def test_training_leaves_the_callers_global_rng_alone():
+    torch.manual_seed(1234)
+    torch.rand(3)  # a state part-way through a stream, not a fresh seed
+    before = torch.random.get_rng_state()
+    a = _train(iters=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.rand(5)  # another caller state: the run's own seed decides its weights, not the caller's
+    b = _train(iters=3)
+    assert a.ok and b.ok and a.loss_curve == b.loss_curve and a.miou == b.miou
