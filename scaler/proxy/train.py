@@ -170,9 +170,14 @@ def cached_dataset(spec: str, split: str, seed: int) -> SegmentationDataset:
     return _DATASETS[key]
 
 
-def _failed(reason: str, setup: _Setup, **fields: Any) -> TrainResult:
+def _failed(reason: str, setup: _Setup, fields: dict[str, Any], **latest: Any) -> TrainResult:
+    """A failed result with what the run had measured (``fields``), updated by ``latest``."""
     return TrainResult(
-        status="failed", reason=reason, arch=setup.arch.to_dict(), config=setup.config.to_dict(), **fields
+        status="failed",
+        reason=reason,
+        arch=setup.arch.to_dict(),
+        config=setup.config.to_dict(),
+        **{**fields, **latest},
     )
 
 
@@ -334,9 +339,9 @@ def _fit_and_score(model: SegModel, setup: _Setup, progress: bool | None) -> Tra
         )
         fields["eval_seconds"] = time.perf_counter() - t_eval
     except _Diverged as e:
-        return _failed(str(e), setup, iters_done=e.iters_done, loss_curve=_curve_summary(losses), **fields)
+        return _failed(str(e), setup, fields, iters_done=e.iters_done, loss_curve=_curve_summary(losses))
     except DataError as e:
-        return _failed(f"bad data: {e}", setup, iters_done=len(losses), **fields)
+        return _failed(f"bad data: {e}", setup, fields, iters_done=len(losses))
     except torch.cuda.OutOfMemoryError:
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -344,14 +349,14 @@ def _fit_and_score(model: SegModel, setup: _Setup, progress: bool | None) -> Tra
             f"CUDA out of memory at batch {config.batch}, crop {config.crop[0]}x{config.crop[1]} "
             f"(iteration {len(losses) + 1}); lower --batch or --crop",
             setup,
+            fields,
             iters_done=len(losses),
-            **fields,
         )
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a candidate that breaks is recorded, and the search goes on
         first = (str(e).strip().splitlines() or [""])[0]
-        return _failed(f"{type(e).__name__}: {first}", setup, iters_done=len(losses), **fields)
+        return _failed(f"{type(e).__name__}: {first}", setup, fields, iters_done=len(losses))
     finally:
         if bar is not None:
             bar.close()

@@ -249,3 +249,9 @@ def test_training_leaves_the_callers_global_rng_alone():
     torch.rand(5)  # another caller state: the run's own seed decides its weights, not the caller's
     b = _train(iters=3)
     assert a.ok and b.ok and a.loss_curve == b.loss_curve and a.miou == b.miou
+
+
+def test_bad_validation_data_is_a_failed_result_with_the_training_stats():
+    r = _train(iters=3, val=Stripes(n=6, seed=99, bad=2))
+    assert r.status == "failed" and "bad data" in r.reason and "/data/masks/0002.png" in r.reason
+    assert r.iters_done == 3 and len(r.loss_curve) == 3 and r.miou is None
