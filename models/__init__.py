@@ -7,22 +7,28 @@
 
 from __future__ import annotations
 
-from . import lpsnet
+# Importing a family's module registers the family and its named variants: a new family is one
+# more module imported here.
+from . import lpsnet, mobilenetv2
 from .arch import MAX_PATHS, NUM_STAGES, ArchError, LPSNetArch, format_inline, parse_inline
-from .heads import HEAD_KINDS, HeadConfig, HeadError, LanguageHead
+from .heads import HEAD_KINDS, HeadConfig, HeadError, LanguageHead, head_kinds, register_head
 from .lpsnet import CheckpointError, LPSNet, from_reference_checkpoint
 from .mobilenetv2 import MobileNetV2Arch, MobileNetV2Seg
 from .registry import (
+    Family,
     SegArch,
     SegModel,
     arch_from_dict,
     build_model,
     create_model,
     describe_model,
+    family_names,
     get_arch,
+    get_family,
     list_models,
     load_arch_json,
     portable_state_dict,
+    register_family,
     register_model,
     reparameterize,
     resolve_arch,
@@ -36,6 +42,7 @@ __all__ = [
     "NUM_STAGES",
     "ArchError",
     "CheckpointError",
+    "Family",
     "HeadConfig",
     "HeadError",
     "LPSNet",
@@ -51,15 +58,21 @@ __all__ = [
     "class_embeddings",
     "create_model",
     "describe_model",
+    "family_names",
     "format_inline",
     "from_reference_checkpoint",
     "get_arch",
+    "get_family",
     "get_text_encoder",
+    "head_kinds",
     "list_models",
     "load_arch_json",
     "lpsnet",
+    "mobilenetv2",
     "parse_inline",
     "portable_state_dict",
+    "register_family",
+    "register_head",
     "register_model",
     "reparameterize",
     "resolve_arch",

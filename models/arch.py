@@ -71,10 +71,41 @@ def loads_object(text: str, source: str) -> Any:
 
 
 class ArchJSON:
-    """What every architecture family shares: JSON, hash, and the checks of the fields they have in
-    common (``num_classes``, ``head``, the keys of a dict form)."""
+    """Base of every family's architecture: what the tools rely on, whatever the backbone.
+
+    A family's architecture is a frozen dataclass with at least ``num_classes`` and ``head``; it
+    implements :meth:`to_dict` / :meth:`from_dict` (the ``family`` key names it), :meth:`inline`,
+    the input-size methods and :meth:`structure`. JSON, the hash and the checks of the shared
+    fields (``num_classes``, ``head``, the keys of a dict form) come from here.
+    """
 
     FIELDS: tuple[str, ...] = ()
+    num_classes: int
+    head: HeadConfig
+
+    def inline(self) -> str:
+        """The inline spelling, ``FAMILY:...``, accepted everywhere an ARCH is."""
+        raise NotImplementedError
+
+    def path_input_size(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Input size of each of the network's paths for a ``height`` x ``width`` image."""
+        raise NotImplementedError
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` if a ``height`` x ``width`` image is too small for this network."""
+        raise NotImplementedError
+
+    def head_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the head's logits for a ``height`` x ``width`` image."""
+        raise NotImplementedError
+
+    def structure(self, height: int, width: int) -> list[tuple[str, str]]:
+        """The backbone's shape for people, as ``(label, value)`` rows (``scaler info`` prints them).
+
+        Args:
+            height, width: The input size, for rows that depend on it (the paths' input sizes).
+        """
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -193,6 +224,16 @@ class LPSNetArch(ArchJSON):
         for s in STAGE_STRIDES:
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
         return h, w
+
+    def structure(self, height: int, width: int) -> list[tuple[str, str]]:
+        """Depth, width, and the resolution factors with the paths' input sizes at ``height`` x ``width``."""
+        inputs = ", ".join(f"{h}x{w}" for h, w in self.path_input_size(height, width))
+        paths = f"{self.num_paths} path{'s' if self.num_paths > 1 else ''}"
+        return [
+            ("depth", " ".join(map(str, self.depth))),
+            ("width", " ".join(map(str, self.width))),
+            ("resolution", f"{' '.join(f'{r:g}' for r in self.resolution)}  ({paths}; inputs {inputs})"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; :meth:`from_dict` inverts it. A plain head is left out (the paper's network)."""

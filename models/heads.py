@@ -20,13 +20,17 @@ Language-guided heads keep their class embeddings (``K x D``, unit length) in a 
 state dict and an exported ONNX model carry them (the class names travel beside the state dict, in
 the weights files the tool writes); :meth:`LanguageHead.set_class_embeddings` swaps in another
 class list of any length, and loading a state dict made for another class list takes its K.
+
+A head kind is registered with :func:`register_head` (a builder function, or a :class:`LanguageHead`
+subclass); :func:`build_head` and :class:`HeadConfig` know only the registered kinds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +42,16 @@ __all__ = [
     "HEAD_KINDS",
     "DenseCLIPHead",
     "FusionHead",
+    "HeadBuilder",
     "HeadConfig",
     "HeadError",
     "LanguageHead",
     "build_head",
+    "head_kinds",
+    "plain_head",
+    "register_head",
 ]
 
-HEAD_KINDS = ("plain", "denseclip", "fusion")
 # The CLIP temperature: logits = scale * cosine, scale starting at 1/0.07 and capped at 100.
 INIT_SCALE = 1 / 0.07
 MAX_SCALE = 100.0
@@ -55,12 +62,75 @@ class HeadError(ValueError):
     """A head description that cannot be built; the message names the field and value."""
 
 
+# (config, in_channels, num_classes) -> the head module.
+HeadBuilder = Callable[["HeadConfig", int, int], nn.Module]
+_HEADS: dict[str, HeadBuilder] = {}
+_Registered = TypeVar("_Registered")
+
+
+def register_head(kind: str) -> Callable[[_Registered], _Registered]:
+    """Decorator registering a head under ``kind`` (what ``HeadConfig(kind=...)`` and ``NAME+KIND`` name).
+
+    It takes a builder function ``(config, in_channels, num_classes) -> nn.Module``, or a class
+    with a ``build`` classmethod of that signature (every :class:`LanguageHead` has one).
+
+    Raises:
+        ValueError: ``kind`` is already registered or is not a lower-case word, or the object has no
+            builder.
+    """
+
+    def wrap(obj: _Registered) -> _Registered:
+        if kind in _HEADS:
+            raise ValueError(f"head kind {kind!r} is already registered")
+        if not kind.isidentifier() or kind != kind.lower():
+            raise ValueError(f"head kind must be a lower-case word (it is written in NAME+KIND), got {kind!r}")
+        builder = getattr(obj, "build", None) if isinstance(obj, type) else obj
+        if not callable(builder):
+            raise ValueError(f"head {kind!r}: register a builder function or a class with a build classmethod")
+        _HEADS[kind] = builder
+        return obj
+
+    return wrap
+
+
+def head_kinds() -> tuple[str, ...]:
+    """The registered head kinds, in registration order (``plain`` first)."""
+    return tuple(_HEADS)
+
+
+class _HeadKinds(Sequence[str]):
+    """A read-only view of the registered kinds, so ``HEAD_KINDS`` never goes stale."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return head_kinds()[index]
+
+    def __len__(self) -> int:
+        return len(_HEADS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(head_kinds())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in _HEADS
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and tuple(other) == head_kinds()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(head_kinds())
+
+
+HEAD_KINDS: Sequence[str] = _HeadKinds()
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """Which head a network ends in, and its settings.
 
     Args:
-        kind: ``plain``, ``denseclip`` or ``fusion``.
+        kind: A registered head kind (:data:`HEAD_KINDS`): ``plain``, ``denseclip``, ``fusion``, ...
         text_encoder: Encoder SPEC for the class names (``minilm``, ``open_clip:ARCH:CHECKPOINT``,
             ``file:PATH``); language-guided heads only.
         templates: Prompt templates, one ``{}`` each, averaged per class.
@@ -82,8 +152,8 @@ class HeadConfig:
     aux_weight: float = 0.4
 
     def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise HeadError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
+        if self.kind not in _HEADS:
+            raise HeadError(f"head kind must be one of {', '.join(_HEADS)}, got {self.kind!r}")
         try:
             object.__setattr__(self, "text_encoder", check_spec(self.text_encoder))
             object.__setattr__(self, "templates", check_templates(self.templates))
@@ -176,12 +246,22 @@ class HeadConfig:
 
 
 def build_head(config: HeadConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """The head module: an ``nn.Conv2d`` for ``plain`` (LPS-Net's tensor names), else a :class:`LanguageHead`."""
-    if config.kind == "plain":
-        return nn.Conv2d(in_channels, num_classes, 1, 1, 0, bias=True)
-    text_dim = encoder_dim(config.text_encoder)
-    cls = DenseCLIPHead if config.kind == "denseclip" else FusionHead
-    return cls(config, in_channels, text_dim, num_classes)
+    """The head module ``config.kind`` names, reading ``in_channels`` features, ``num_classes`` outputs.
+
+    Raises:
+        HeadError: ``config.kind`` is not a registered kind; the message lists the registered ones.
+    """
+    builder = _HEADS.get(config.kind)
+    if builder is None:
+        raise HeadError(f"unknown head kind {config.kind!r}; registered: {', '.join(_HEADS)}")
+    return builder(config, in_channels, num_classes)
+
+
+@register_head("plain")
+def plain_head(config: HeadConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """LPS-Net's head: a bare 1x1 ``nn.Conv2d`` (its tensors are ``head.weight``/``head.bias``, as in the
+    reference checkpoints, and FLOP counters that match module types exactly count it)."""
+    return nn.Conv2d(in_channels, num_classes, 1, 1, 0, bias=True)
 
 
 def _random_unit(num_classes: int, dim: int) -> torch.Tensor:
@@ -195,7 +275,8 @@ class LanguageHead(nn.Module):
     """Base of the language-guided heads: class embeddings in a buffer, a learnable logit scale.
 
     Subclasses implement :meth:`forward` (``features -> logits``, and the auxiliary logits when
-    asked and they have them).
+    asked and they have them) and are registered with :func:`register_head`, which builds them
+    through :meth:`build`.
     """
 
     def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
@@ -205,6 +286,11 @@ class LanguageHead(nn.Module):
         self.register_buffer("class_embeddings", _random_unit(num_classes, text_dim))
         self.class_names: tuple[str, ...] | None = None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(INIT_SCALE)))
+
+    @classmethod
+    def build(cls, config: HeadConfig, in_channels: int, num_classes: int) -> LanguageHead:
+        """The head for ``config``, sized for its text encoder's embeddings (what :func:`build_head` calls)."""
+        return cls(config, in_channels, encoder_dim(config.text_encoder), num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -253,6 +339,7 @@ class LanguageHead(nn.Module):
         return (torch.matmul(t, p) * self.scale()).reshape(b, t.shape[1], h, w)
 
 
+@register_head("denseclip")
 class DenseCLIPHead(LanguageHead):
     """Pixels projected to the text dimension; logits = scale x cosine(pixel, class text)."""
 
@@ -322,6 +409,7 @@ class FusionLayer(nn.Module):
         return tokens.transpose(1, 2).reshape(b, d, h, w), t
 
 
+@register_head("fusion")
 class FusionHead(LanguageHead):
     """The two-way fusion module (see the module docstring for what the paper leaves open)."""
 

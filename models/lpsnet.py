@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import NUM_STAGES, STAGE_STRIDES, ArchError, LPSNetArch
+from .arch import FAMILY, NUM_STAGES, STAGE_STRIDES, ArchError, LPSNetArch, parse_inline
 from .base import FixedUpsample, SegNet, resize
 from .heads import build_head
+from .registry import Family, register_family, register_model
 
 __all__ = [
     "INTERACTION_STAGES",
+    "LPSNET",
     "PATH_NAMES",
     "CheckpointError",
     "FixedUpsample",
@@ -288,3 +290,39 @@ def _load_exact(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> N
     if extra:
         raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r} (not part of the inferred network)")
     model.load_state_dict({k: v for k, v in sd.items()}, strict=True)
+
+
+LPSNET = register_family(
+    Family(
+        name=FAMILY,
+        arch_class=LPSNetArch,
+        model_class=LPSNet,
+        parse_inline=parse_inline,
+        reparameterize=reparameterize,
+    )
+)
+
+
+# The four networks of the paper, Table 4 (depth / width / resolution).
+@register_model("lpsnet_tiny")
+def lpsnet_tiny() -> LPSNetArch:
+    """LPS-Net tiny: the start of progressive expansion (one path at 1/2)."""
+    return LPSNetArch(depth=(1, 1, 1, 1, 1), width=(4, 8, 16, 32, 32), resolution=(1 / 2,))
+
+
+@register_model("lpsnet_s")
+def lpsnet_s() -> LPSNetArch:
+    """LPS-Net-S: two paths at 3/4 and 1/4."""
+    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 48, 96, 96), resolution=(3 / 4, 1 / 4))
+
+
+@register_model("lpsnet_m")
+def lpsnet_m() -> LPSNetArch:
+    """LPS-Net-M: S's depth and width, two paths at 1 and 1/4."""
+    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 48, 96, 96), resolution=(1, 1 / 4))
+
+
+@register_model("lpsnet_l")
+def lpsnet_l() -> LPSNetArch:
+    """LPS-Net-L: wider last stages, two paths at 1 and 1/4."""
+    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 64, 160, 160), resolution=(1, 1 / 4))

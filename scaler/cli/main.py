@@ -11,7 +11,7 @@ import click
 from scaler import __version__
 from scaler.errors import USER_ERRORS
 
-__all__ = ["ARCH_HELP", "HxW", "ScalerGroup", "emit_json", "main"]
+__all__ = ["ARCH_HELP", "HxW", "ScalerGroup", "emit_json", "main", "quiet_optuna"]
 
 ARCH_HELP = (
     "ARCH is a registered name (see 'scaler models'; NAME+fusion or NAME+denseclip adds a language-guided "
@@ -82,3 +82,15 @@ def main() -> None:
     Grows a tiny LPS-Net one dimension at a time (depth, width, input resolution), measures real
     latency on the target device and accuracy from short training runs, and keeps every result.
     """
+    quiet_optuna()
+
+
+def quiet_optuna() -> None:
+    """Optuna at WARNING: it logs every trial at INFO, and the commands print their own progress.
+
+    Set here, where a command starts, and not when :mod:`scaler` is imported, so a program that
+    uses the library keeps the logging level it chose.
+    """
+    import optuna  # here, not at the top: ``scaler --help`` should not pay for it
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -7,6 +7,10 @@ the same images in the same order and their mIoUs can be compared.
 
 Failures are results: a non-finite loss, CUDA out-of-memory, or bad data (a corrupt file, a label
 outside the classes) end the run with ``status="failed"`` and a reason that names the cause.
+
+:func:`train_and_evaluate` reads top to bottom: ``_setup`` (data, device, the architecture fitted to
+the dataset), ``_init_model`` (seeded weights), ``_fit_and_score`` (the ``_train`` loop, then
+:func:`~scaler.proxy.metrics.evaluate` and the scores).
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from models import SegArch, SegModel, build_model, portable_state_dict
 from scaler.device import resolve_device
 from scaler.errors import UserError
 from scaler.files import atomic_path
-from scaler.proxy.augment import AugmentConfig, TrainStream, normalize
+from scaler.proxy.augment import AugmentConfig, TrainStream
 from scaler.proxy.data import DataError, SegmentationDataset, open_dataset
+from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion, scores
 
 __all__ = [
     "TrainConfig",
@@ -153,67 +157,6 @@ def poly_lr(it: int, *, base_lr: float, iters: int, power: float = 0.9, warmup: 
     return base_lr * max(0.0, 1.0 - progress) ** power
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """``K x K`` int64 counts, rows = ground truth, columns = prediction; ignore pixels skipped."""
-    valid = target != ignore_index
-    idx = target[valid] * num_classes + pred[valid]
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
-    """Per-class IoU; NaN for a class absent from both ground truth and prediction."""
-    conf = conf.double()
-    tp = conf.diag()
-    denom = conf.sum(0) + conf.sum(1) - tp
-    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    *,
-    eval_size: tuple[int, int] | None,
-    device: torch.device,
-    limit: int | None = None,
-    batch: int = 8,
-    channels_last: bool = False,
-    amp: bool = False,
-) -> tuple[torch.Tensor, int]:
-    """Confusion matrix of ``model`` over the split: each image resized to ``eval_size``, the logits
-    resized back to the label's size. Returns the matrix and the number of images seen."""
-    k = dataset.info.num_classes
-    conf = torch.zeros(k, k, dtype=torch.int64)
-    model.eval()
-    seen = 0
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    i = 0
-    while i < n:
-        images, masks = [], []
-        while i < n and len(images) < batch:
-            img, msk = dataset[i]
-            if images and (tuple(img.shape) != tuple(images[0].shape) or tuple(msk.shape) != tuple(masks[0].shape)):
-                break
-            images.append(img)
-            masks.append(msk)
-            i += 1
-        x = normalize(torch.stack(images)).to(device)
-        label_size = tuple(masks[0].shape)
-        if eval_size is not None and tuple(x.shape[-2:]) != tuple(eval_size):
-            x = F.interpolate(x, size=eval_size, mode="bilinear", align_corners=False)
-        if channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(x)
-        logits = logits.float()
-        if tuple(logits.shape[-2:]) != label_size:
-            logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
-        pred = logits.argmax(1).cpu()
-        conf += confusion_matrix(pred, torch.stack(masks), k, dataset.info.ignore_index)
-        seen += len(images)
-    return conf, seen
-
-
 _DATASETS: dict[tuple[str, str, int], SegmentationDataset] = {}
 
 
@@ -227,8 +170,15 @@ def cached_dataset(spec: str, split: str, seed: int) -> SegmentationDataset:
     return _DATASETS[key]
 
 
-def _failed(reason: str, arch: SegArch, config: TrainConfig, **fields: Any) -> TrainResult:
-    return TrainResult(status="failed", reason=reason, arch=arch.to_dict(), config=config.to_dict(), **fields)
+def _failed(reason: str, setup: _Setup, fields: dict[str, Any], **latest: Any) -> TrainResult:
+    """A failed result with what the run had measured (``fields``), updated by ``latest``."""
+    return TrainResult(
+        status="failed",
+        reason=reason,
+        arch=setup.arch.to_dict(),
+        config=setup.config.to_dict(),
+        **{**fields, **latest},
+    )
 
 
 def _curve_summary(losses: list[float], points: int = 50) -> list[float]:
@@ -250,6 +200,9 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Train ``arch`` with ``config`` and evaluate it on the validation split.
 
+    The initial weights come from ``config.seed`` through torch's global RNG, seeded inside
+    ``torch.random.fork_rng``: the caller's random state is the same before and after.
+
     Args:
         arch: The network; its ``num_classes`` is replaced by the dataset's. A language-guided
             head gets the dataset's class names, embedded by its text encoder, and trains with its
@@ -268,154 +221,223 @@ def train_and_evaluate(
         UserError: The dataset SPEC cannot be opened or the device does not exist (nothing to train).
         TextEncoderError: A language-guided head's text encoder cannot embed the class names.
     """
+    setup = _setup(arch, config, train_set, val_set)
+    with torch.random.fork_rng(devices=[setup.device] if setup.device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model = _init_model(setup)
+        result = _fit_and_score(model, setup, progress)
+    if result.ok and save is not None:
+        _save(save, model, setup.arch, config, result)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What a run is decided by before anything trains: the architecture fitted to the data, the
+    splits, the device and its precision settings."""
+
+    arch: SegArch
+    config: TrainConfig
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    device: torch.device
+    amp: bool
+    channels_last: bool
+
+
+class _Diverged(Exception):
+    """The loss stopped being finite (a failed result, not an error)."""
+
+    def __init__(self, reason: str, iters_done: int) -> None:
+        super().__init__(reason)
+        self.iters_done = iters_done
+
+
+def _setup(
+    arch: SegArch, config: TrainConfig, train_set: SegmentationDataset | None, val_set: SegmentationDataset | None
+) -> _Setup:
+    """Open the data and the device, and fit ``arch`` to the dataset's classes.
+
+    Raises:
+        UserError: Unknown device or dataset, or a crop/eval size too small for ``arch``.
+    """
     device = resolve_device(config.device)
     train_set = train_set if train_set is not None else cached_dataset(config.dataset, "train", config.seed)
     val_set = val_set if val_set is not None else cached_dataset(config.dataset, "val", config.seed)
-    info = train_set.info
-    if arch.num_classes != info.num_classes:
-        arch = dataclasses.replace(arch, num_classes=info.num_classes)
+    if arch.num_classes != train_set.info.num_classes:
+        arch = dataclasses.replace(arch, num_classes=train_set.info.num_classes)
     for size, what in ((config.crop, "crop"), (config.eval_size, "eval size")):
         if size is not None:
             try:
                 arch.check_input_size(*size)
             except ValueError as e:
                 raise UserError(f"{what} {size[0]}x{size[1]}: {e}") from None
-    amp = config.amp if config.amp is not None else device.type == "cuda"
-    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    cuda = device.type == "cuda"
+    return _Setup(
+        arch=arch,
+        config=config,
+        train_set=train_set,
+        val_set=val_set,
+        device=device,
+        amp=config.amp if config.amp is not None else cuda,
+        channels_last=config.channels_last if config.channels_last is not None else cuda,
+    )
 
-    torch.manual_seed(config.seed)
-    model = build_model(arch)
-    if arch.head.language_guided:
-        model.set_classes(list(info.class_names))
-    aux_weight = arch.head.aux_weight if arch.head.has_aux else 0.0
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+def _init_model(setup: _Setup) -> SegModel:
+    """The network with initial weights from the global RNG (seeded by the caller); a language-guided
+    head is pointed at the dataset's classes."""
+    model = build_model(setup.arch)
+    if setup.arch.head.language_guided:
+        model.set_classes(list(setup.train_set.info.class_names))
+    return model
+
+
+def _loader(setup: _Setup) -> DataLoader:
+    """The training batches: the same images, augmentations and order for every architecture."""
+    config = setup.config
     aug = AugmentConfig(
         crop=config.crop, base_size=config.eval_size, scale=config.scale, flip=config.flip, jitter=config.jitter
     )
-    stream = TrainStream(train_set, aug, config.iters * config.batch, config.seed)
-    loader = DataLoader(
+    stream = TrainStream(setup.train_set, aug, config.iters * config.batch, config.seed)
+    return DataLoader(
         stream,
         batch_size=config.batch,
         shuffle=False,
         num_workers=config.workers,
         collate_fn=TrainStream.collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=setup.device.type == "cuda",
         persistent_workers=False,
     )
+
+
+def _fit_and_score(model: SegModel, setup: _Setup, progress: bool | None) -> TrainResult:
+    """Train ``model``, then evaluate it; a failure along the way is a failed result that says why."""
+    config = setup.config
+    loader = _loader(setup)
     losses: list[float] = []
-    fields: dict[str, Any] = {"device": str(device)}
-    data_time = 0.0
-    bar = _progress(config.iters, progress, f"train {arch.arch_hash()}")
+    fields: dict[str, Any] = {"device": str(setup.device)}
+    bar = _progress(config.iters, progress, f"train {setup.arch.arch_hash()}")
     t_start = time.perf_counter()
-    it = 0
     try:
         # Moving a large network can run out of GPU memory too: a failed result, like the steps.
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-        model.train()
-        t_data = time.perf_counter()
-        for it, (x, y) in enumerate(loader):
-            data_time += time.perf_counter() - t_data
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            lr = poly_lr(
-                it, base_lr=config.lr, iters=config.iters, power=config.poly_power, warmup=config.resolved_warmup
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device_type=device.type, enabled=amp):
-                logits, aux = model.forward_with_aux(x) if aux_weight else (model(x), None)
-                loss = F.cross_entropy(logits.float(), y, ignore_index=info.ignore_index)
-                if aux is not None:
-                    loss = loss + aux_weight * F.cross_entropy(aux.float(), y, ignore_index=info.ignore_index)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            value = float(loss.detach())  # sync point: also where a non-finite loss is caught
-            if not math.isfinite(value):
-                return _failed(
-                    f"loss became {value} at iteration {it + 1}/{config.iters} (lr {lr:.3g}); lower the learning rate",
-                    arch,
-                    config,
-                    iters_done=it + 1,
-                    loss_curve=_curve_summary(losses),
-                    **fields,
-                )
-            losses.append(value)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-            t_data = time.perf_counter()
-        train_seconds = time.perf_counter() - t_start
-        fields.update(
-            iters_done=len(losses),
-            loss_first=losses[0],
-            loss_last=float(np.mean(losses[-max(1, len(losses) // 10) :])),
-            loss_min=min(losses),
-            loss_curve=_curve_summary(losses),
-            images_per_s=len(losses) * config.batch / train_seconds,
-            data_time_share=data_time / train_seconds,
-            train_seconds=train_seconds,
-        )
+        model.to(setup.device)
+        if setup.channels_last:
+            model.to(memory_format=torch.channels_last)
+        data_time = _train(model, setup, loader, losses, bar)
+        fields.update(_train_stats(losses, config.batch, data_time, time.perf_counter() - t_start))
         t_eval = time.perf_counter()
         conf, seen = evaluate(
             model,
-            val_set,
+            setup.val_set,
             eval_size=config.eval_size,
-            device=device,
+            device=setup.device,
             limit=config.val_limit,
             batch=config.eval_batch,
-            channels_last=channels_last,
-            amp=amp,
+            channels_last=setup.channels_last,
+            amp=setup.amp,
         )
         fields["eval_seconds"] = time.perf_counter() - t_eval
+    except _Diverged as e:
+        return _failed(str(e), setup, fields, iters_done=e.iters_done, loss_curve=_curve_summary(losses))
     except DataError as e:
-        return _failed(f"bad data: {e}", arch, config, iters_done=len(losses), **fields)
+        return _failed(f"bad data: {e}", setup, fields, iters_done=len(losses))
     except torch.cuda.OutOfMemoryError:
-        if device.type == "cuda":
+        if setup.device.type == "cuda":
             torch.cuda.empty_cache()
         return _failed(
             f"CUDA out of memory at batch {config.batch}, crop {config.crop[0]}x{config.crop[1]} "
             f"(iteration {len(losses) + 1}); lower --batch or --crop",
-            arch,
-            config,
+            setup,
+            fields,
             iters_done=len(losses),
-            **fields,
         )
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a candidate that breaks is recorded, and the search goes on
         first = (str(e).strip().splitlines() or [""])[0]
-        return _failed(f"{type(e).__name__}: {first}", arch, config, iters_done=len(losses), **fields)
+        return _failed(f"{type(e).__name__}: {first}", setup, fields, iters_done=len(losses))
     finally:
         if bar is not None:
             bar.close()
-
-    iou = iou_from_confusion(conf)
-    total = conf.sum().item()
-    result = TrainResult(
+    return TrainResult(
         status="ok",
         reason=None,
-        arch=arch.to_dict(),
+        arch=setup.arch.to_dict(),
         config=config.to_dict(),
-        miou=float(np.nanmean(iou.numpy())) if not torch.isnan(iou).all() else 0.0,
-        pixel_accuracy=float(conf.diag().sum().item() / total) if total else 0.0,
-        per_class_iou={
-            n: (None if math.isnan(v) else float(v)) for n, v in zip(info.class_names, iou.tolist(), strict=True)
-        },
         num_val_images=seen,
+        **scores(conf, setup.train_set.info.class_names),
         **fields,
     )
-    if save is not None:
-        _save(save, model, arch, config, result)
-    return result
+
+
+def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[float], bar: Any) -> float:
+    """The optimisation steps; each step's loss is appended to ``losses`` as it comes (a failure
+    mid-run still knows how far it got). Returns the seconds spent waiting for data.
+
+    Raises:
+        _Diverged: The loss became NaN or infinite.
+    """
+    config, device = setup.config, setup.device
+    aux_weight = setup.arch.head.aux_weight if setup.arch.head.has_aux else 0.0
+    ignore_index = setup.train_set.info.ignore_index
+    scaler = torch.amp.GradScaler(device.type, enabled=setup.amp and device.type == "cuda")
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    model.train()
+    data_time = 0.0
+    t_data = time.perf_counter()
+    for it, (x, y) in enumerate(loader):
+        data_time += time.perf_counter() - t_data
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if setup.channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        lr = poly_lr(it, base_lr=config.lr, iters=config.iters, power=config.poly_power, warmup=config.resolved_warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device_type=device.type, enabled=setup.amp):
+            loss = _loss(model, x, y, aux_weight, ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        value = float(loss.detach())  # sync point: also where a non-finite loss is caught
+        if not math.isfinite(value):
+            raise _Diverged(
+                f"loss became {value} at iteration {it + 1}/{config.iters} (lr {lr:.3g}); lower the learning rate",
+                iters_done=it + 1,
+            )
+        losses.append(value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        t_data = time.perf_counter()
+    return data_time
+
+
+def _loss(model: SegModel, x: torch.Tensor, y: torch.Tensor, aux_weight: float, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy of the logits, plus the weighted auxiliary term when the head has one."""
+    logits, aux = model.forward_with_aux(x) if aux_weight else (model(x), None)
+    loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+    if aux is not None:
+        loss = loss + aux_weight * F.cross_entropy(aux.float(), y, ignore_index=ignore_index)
+    return loss
+
+
+def _train_stats(losses: list[float], batch: int, data_time: float, train_seconds: float) -> dict[str, Any]:
+    """The loss summary and throughput of a finished training."""
+    return {
+        "iters_done": len(losses),
+        "loss_first": losses[0],
+        "loss_last": float(np.mean(losses[-max(1, len(losses) // 10) :])),
+        "loss_min": min(losses),
+        "loss_curve": _curve_summary(losses),
+        "images_per_s": len(losses) * batch / train_seconds,
+        "data_time_share": data_time / train_seconds,
+        "train_seconds": train_seconds,
+    }
 
 
 def _save(path: str | Path, model: SegModel, arch: SegArch, config: TrainConfig, result: TrainResult) -> None:

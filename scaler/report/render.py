@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from models import LPSNetArch, SegArch
+from models import SegArch
 from scaler.report.summary import FrontierReport
 from scaler.report.table import finite
 
@@ -109,21 +109,9 @@ def format_models(rows: Sequence[dict[str, Any]]) -> str:
 def format_info(label: str, arch: SegArch, c: Complexity, input_hw: tuple[int, int], include_upsample: bool) -> str:
     """``scaler info``: structure, head, parameters and MACs of one architecture."""
     h, w = input_hw
-    paths = ", ".join(f"{ph}x{pw}" for ph, pw in c.path_inputs)
     upsample = "with the final upsample" if include_upsample else "up to the head's logits (no final upsample)"
     lines = [_title(label, arch.inline()), f"  hash         {arch.arch_hash()}"]
-    if isinstance(arch, LPSNetArch):
-        lines += [
-            f"  depth        {' '.join(map(str, arch.depth))}",
-            f"  width        {' '.join(map(str, arch.width))}",
-            f"  resolution   {' '.join(f'{r:g}' for r in arch.resolution)}  "
-            f"({arch.num_paths} path{'s' if arch.num_paths > 1 else ''}; inputs {paths})",
-        ]
-    else:
-        lines += [
-            f"  backbone     MobileNetV2-style, width x{arch.width_mult:g} (output stride 16)",
-            f"  channels     {arch.stem_channels} {' '.join(map(str, arch.stage_channels))}",
-        ]
+    lines += [f"  {row:<12} {value}" for row, value in arch.structure(h, w)]
     lines += [
         f"  head         {arch.head.describe()}",
         f"  classes      {arch.num_classes}",

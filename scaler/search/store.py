@@ -66,8 +66,6 @@ CONSTRAINTS_KEY = "constraints"
 HEARTBEAT_INTERVAL_S = 10.0
 STALE_AFTER_S = 60.0
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 class StorageError(UserError):
     """The study's storage cannot be opened (bad URL, unreachable server, unwritable folder)."""

