@@ -4,8 +4,8 @@
 - values: ``(latency ms, mIoU)`` with directions (minimize, maximize);
 - user attributes: a :class:`~scaler.search.record.TrialRecord` (architecture, how it was made,
   latency, training result, failure, worker ``owner`` and ``heartbeat``; its keys are
-  :class:`~scaler.search.record.Attr`). A reference trial (a named model measured for comparison)
-  may be of another family: it has no params.
+  :class:`~scaler.search.record.Attr`). A reference trial (a named model measured for comparison,
+  of any family, maybe outside the space) has no params.
 
 Candidates are added as WAITING trials; any process (the search itself, or ``scaler worker`` on
 another host) claims one atomically by moving it to RUNNING, records a heartbeat while training,
@@ -250,7 +250,8 @@ class RunStore:
         Returns:
             The trial number.
         """
-        lps = isinstance(record.arch, LPSNetArch)
+        # References are named models, not points of the search space (they may lie outside it).
+        lps = isinstance(record.arch, LPSNetArch) and not record.is_reference
         trial = optuna.trial.create_trial(
             state=state,
             params=arch_params(record.arch) if lps else {},

@@ -103,7 +103,13 @@ def make_run(
     dists = distributions(Constraints())
     for spec in trials:
         arch = spec["arch"]
-        fields: dict[str, Any] = {"strategy": strategy, "step": 0, "parent": None, "steplen": 0, **spec.get("attrs", {})}
+        fields: dict[str, Any] = {
+            "strategy": strategy,
+            "step": 0,
+            "parent": None,
+            "steplen": 0,
+            **spec.get("attrs", {}),
+        }
         store.add(TrialRecord(arch, **fields), dists)
         if spec.get("waiting"):
             continue
