@@ -79,7 +79,8 @@ class GreedySettings:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """Everything a search needs: where to start, how to grow, how to measure, when to stop."""
+    """Everything a search needs: where to start, how to grow, how to measure, when to stop, and
+    which named models (``references``, ARCH spellings) to measure and train beside it for comparison."""
 
     name: str
     start: LPSNetArch
