@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from scaler.cli.main import emit_json, main
+
+
+class StrategyChoice(click.Choice):
+    """The registered strategies (:func:`~scaler.search.strategies.list_strategies`), read when
+    first needed so that ``scaler --help`` does not import the search (and Optuna)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from scaler.search.strategies import list_strategies
+
+        return tuple(list_strategies())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass  # fixed by the registry
 
 
 @main.command("search")
@@ -39,7 +58,7 @@ from scaler.cli.main import emit_json, main
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["greedy", "random", "tpe", "nsga2"]),
+    type=StrategyChoice(),
     default="greedy",
     show_default=True,
     help="greedy is the method; the others are Optuna-sampler baselines.",

@@ -320,18 +320,16 @@ def export_trial(
     store = store or open_run(run_dir)
     df = trials_frame(store)
     number, why = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_miou=min_miou)
-    frozen = next(t for t in store.trials() if t.number == number)
-    attrs = frozen.user_attrs
-    arch = arch_from_dict(attrs["arch"], source=f"trial {number}")
+    record = next(t for t in store.records() if t.number == number)
+    arch = record.arch
     space = store.get("space") or {}
-    latency = attrs.get("latency") or {}
-    fingerprint = latency.get("fingerprint") or {}
+    fingerprint = record.fingerprint
     shape = tuple(int(v) for v in fingerprint.get("input_shape") or (1, 3, *space.get("input_size", (1024, 2048))))
     if upsample is None:
         upsample = bool(
             fingerprint.get("include_upsample", (space.get("latency") or {}).get("include_upsample", False))
         )
-    weights_rel = attrs.get("weights")
+    weights_rel = record.weights
     if "pt" in fmts and not weights_rel:
         raise ExportError(
             f"trial {number} has no kept weights (the run did not save them); export json, onnx or torchscript instead"
@@ -374,7 +372,19 @@ def export_trial(
                 files[fmt] = path
         card = out_dir / MODEL_CARD
         card.write_text(
-            model_card(store, run_dir, number, why, arch, attrs, files, checks, shape, upsample, state_dict is not None)
+            model_card(
+                store,
+                run_dir,
+                number,
+                why,
+                arch,
+                record.to_user_attrs(),
+                files,
+                checks,
+                shape,
+                upsample,
+                state_dict is not None,
+            )
         )
     except OSError as e:
         raise ExportError(f"{out_dir}: cannot write the export ({e.strerror})") from None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pandas as pd
 
 from scaler.report.table import int_or_none
 from scaler.search.store import RunStore
+from scaler.search.strategies.greedy import GreedyStrategy, StepDecision
 
 __all__ = ["PATH_COLUMNS", "greedy_path"]
 
@@ -28,29 +28,21 @@ PATH_COLUMNS = [
 ]
 
 
-_STEP_KEY = re.compile(r"^step_(\d+)$")
-
-
-def _step_records(store: RunStore) -> list[dict[str, Any]]:
-    steps = []
-    for key, value in store.study.user_attrs.items():
-        m = _STEP_KEY.match(key)
-        if m and isinstance(value, dict):
-            steps.append({"step": int(m.group(1)), **value})
-    return sorted(steps, key=lambda s: s["step"])
-
-
-def _start_trial(df: pd.DataFrame, steps: list[dict[str, Any]]) -> int | None:
-    if steps and steps[0].get("step") == 1 and int_or_none(steps[0].get("parent")) is not None:
-        return int(steps[0]["parent"])
-    start = df[(df["step"] == 0) & df["reference"].isna() & (df["strategy"].isna() | (df["strategy"] == "greedy"))]
+def _start_trial(df: pd.DataFrame, steps: list[StepDecision]) -> int | None:
+    if steps and steps[0].step == 1 and steps[0].parent is not None:
+        return steps[0].parent
+    # No decided step yet: the start network is the method's step-0 trial.
+    start = df[
+        (df["step"] == 0) & df["reference"].isna() & (df["strategy"].isna() | (df["strategy"] == GreedyStrategy.name))
+    ]
     done = start[start["state"] == "COMPLETE"]
     pick = done if len(done) else start
     return int(pick["number"].min()) if len(pick) else None
 
 
 def greedy_path(store: RunStore, df: pd.DataFrame) -> pd.DataFrame:
-    """The greedy trajectory: the start network, then each step's winner, from the ``step_<s>`` records.
+    """The greedy trajectory: the start network, then each step's winner, as the strategy recorded them
+    (:meth:`~scaler.search.strategies.greedy.GreedyStrategy.steps`).
 
     Args:
         store: The run's study.
@@ -62,7 +54,7 @@ def greedy_path(store: RunStore, df: pd.DataFrame) -> pd.DataFrame:
         winner's (mIoU gain) / (latency gain) against its parent, mIoU as a fraction per ms.
         Empty when the run has no greedy steps.
     """
-    steps = _step_records(store)
+    steps = GreedyStrategy.steps(store.study.user_attrs)
     start = _start_trial(df, steps)
     by_number = df.set_index("number", drop=False)
     rows: list[dict[str, Any]] = []
@@ -80,10 +72,7 @@ def greedy_path(store: RunStore, df: pd.DataFrame) -> pd.DataFrame:
     if start is not None:
         trial_row(0, start, None, None, [], "start network")
     for s in steps:
-        winner = int_or_none(s.get("winner"))
-        slopes = s.get("slopes") or {}
-        slope = slopes.get(str(winner)) if winner is not None else None
-        trial_row(s["step"], winner, s.get("parent"), slope, s.get("candidates") or [], str(s.get("reason") or ""))
+        trial_row(s.step, s.winner, s.parent, s.winner_slope, s.candidates, s.reason)
     out = pd.DataFrame(rows, columns=PATH_COLUMNS)
     for col in ("step", "trial", "parent", "steplen"):
         out[col] = out[col].astype("Int64")

@@ -75,7 +75,7 @@ def _short_dataset(spec: str | None) -> str | None:
 
 
 def _latency_records(store: RunStore) -> list[dict[str, Any]]:
-    return [t.user_attrs["latency"] for t in store.trials() if isinstance(t.user_attrs.get("latency"), dict)]
+    return [dict(t.latency) for t in store.records() if t.latency is not None]
 
 
 def run_info(store: RunStore, name: str | None = None) -> RunInfo:

@@ -9,10 +9,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import optuna
 import pandas as pd
 
-from models import LPSNetArch
 from scaler.search.store import RunStore
 
 __all__ = ["TRIAL_COLUMNS", "finite", "int_or_none", "operator_dimension", "trials_frame"]
@@ -101,43 +99,39 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
     kinds = _operator_kinds(store)
     rows = []
     class_names: list[str] = []
-    for t in store.trials():
-        a = t.user_attrs
-        arch = LPSNetArch.from_dict(a["arch"]) if "arch" in a else None
-        lat = a.get("latency") or {}
-        train = a.get("train") or {}
-        fp = lat.get("fingerprint") or {}
-        ops = list(a.get("operators") or [])
-        complete = t.state == optuna.trial.TrialState.COMPLETE and t.values is not None
-        res = [*(arch.resolution if arch else ()), 0.0, 0.0, 0.0][:3]
+    for t in store.records():
+        lps = t.lps_arch
+        lat = t.latency or {}
+        train = t.train or {}
+        res = [*(lps.resolution if lps else ()), 0.0, 0.0, 0.0][:3]
         row: dict[str, Any] = {
             "number": t.number,
-            "state": t.state.name,
-            "strategy": a.get("strategy"),
-            "step": int_or_none(a.get("step")),
-            "parent": int_or_none(a.get("parent")),
-            "operators": "+".join(ops),
-            "dimension": operator_dimension(ops, kinds),
-            "steplen": int_or_none(a.get("steplen")),
-            "reference": a.get("reference"),
-            "arch": arch.inline() if arch else None,
-            "arch_hash": a.get("arch_hash") or (arch.arch_hash() if arch else None),
-            **{f"d{i + 1}": (arch.depth[i] if arch else None) for i in range(5)},
-            **{f"w{i + 1}": (arch.width[i] if arch else None) for i in range(5)},
-            **{f"r{i + 1}": (res[i] if arch else None) for i in range(3)},
-            "num_paths": arch.num_paths if arch else None,
-            "latency_ms": float(t.values[0]) if complete else lat.get("median_ms"),
+            "state": t.state.name if t.state is not None else None,
+            "strategy": t.strategy,
+            "step": t.step,
+            "parent": t.parent,
+            "operators": "+".join(t.operators),
+            "dimension": operator_dimension(t.operators, kinds),
+            "steplen": t.steplen,
+            "reference": t.reference,
+            "arch": t.arch.inline(),
+            "arch_hash": t.arch_hash,
+            **{f"d{i + 1}": (lps.depth[i] if lps else None) for i in range(5)},
+            **{f"w{i + 1}": (lps.width[i] if lps else None) for i in range(5)},
+            **{f"r{i + 1}": (res[i] if lps else None) for i in range(3)},
+            "num_paths": lps.num_paths if lps else None,
+            "latency_ms": t.values[0] if t.values is not None else t.latency_ms,
             "latency_p10_ms": lat.get("p10_ms"),
             "latency_p90_ms": lat.get("p90_ms"),
-            "miou": float(t.values[1]) if complete else None,
+            "miou": t.miou,
             "pixel_accuracy": train.get("pixel_accuracy"),
             "train_seconds": train.get("train_seconds"),
-            "fail_reason": a.get("fail_reason"),
-            "over_budget": bool(a.get("over_budget", False)),
-            "retry_of": int_or_none(a.get("retry_of")),
-            "weights": a.get("weights"),
-            "device": fp.get("device_name"),
-            "latency_fingerprint": lat.get("fingerprint_hash"),
+            "fail_reason": t.fail_reason,
+            "over_budget": t.over_budget,
+            "retry_of": t.retry_of,
+            "weights": t.weights,
+            "device": t.fingerprint.get("device_name"),
+            "latency_fingerprint": t.fingerprint_hash,
         }
         if per_class:
             for name, iou in (train.get("per_class_iou") or {}).items():

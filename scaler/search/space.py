@@ -79,7 +79,8 @@ class GreedySettings:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """Everything a search needs: where to start, how to grow, how to measure, when to stop."""
+    """Everything a search needs: where to start, how to grow, how to measure, when to stop, and
+    which named models (``references``, ARCH spellings) to measure and train beside it for comparison."""
 
     name: str
     start: LPSNetArch
@@ -92,9 +93,11 @@ class SearchSpace:
     stopping: Stopping
     greedy: GreedySettings
     description: str = ""
+    references: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (what a run stores); ``description`` is left out (it does not change results)."""
+        """Plain-data form (what a run stores); ``description`` is left out (it does not change results),
+        and so are ``references`` when there are none (runs made before they existed resume unchanged)."""
         latency = dataclasses.asdict(self.latency)
         # How a measurement copes with a busy machine changes how it is taken, not what it measures:
         # not part of what identifies a run (a run may be resumed with another setting).
@@ -114,6 +117,7 @@ class SearchSpace:
             "training": jsonable(training),
             "stopping": dataclasses.asdict(self.stopping),
             "greedy": dataclasses.asdict(self.greedy),
+            **({"references": list(self.references)} if self.references else {}),
         }
 
     def space_hash(self) -> str:
@@ -147,6 +151,7 @@ _TOP_KEYS = (
     "training",
     "stopping",
     "greedy",
+    "references",
 )
 
 
@@ -220,6 +225,7 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     description = data.get("description", "")
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {description!r}")
+    references = _references(data.get("references", []), fail)
     return SearchSpace(
         name=name.strip(),
         start=start,
@@ -232,7 +238,29 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
         stopping=stopping,
         greedy=greedy,
         description=description.strip(),
+        references=references,
     )
+
+
+def _references(value: Any, fail: Any) -> tuple[str, ...]:
+    """Named models to measure and train for comparison: ARCH spellings, each checked here."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise fail("references", f"must be a list of ARCH names such as [lpsnet_s, mobilenetv2_050], got {value!r}")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        key = f"references[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            raise fail(key, f"must be an ARCH (a registered name or an inline spec), got {item!r}")
+        try:
+            resolve_arch(item.strip())
+        except ArchError as e:
+            raise fail(key, str(e)) from None
+        if item.strip() in out:
+            raise fail(key, f"{item.strip()!r} is listed twice")
+        out.append(item.strip())
+    return tuple(out)
 
 
 def _check_keys(data: dict, allowed: tuple[str, ...] | list[str], prefix: str, fail: Any) -> None:

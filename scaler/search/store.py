@@ -7,9 +7,10 @@
   attribute (at most 0: within the budget), for every trial whose latency is known, so that
   Optuna's tools see which trials are feasible (the budget of the session that finished the trial:
   Optuna cannot change a finished trial);
-- user attributes: ``arch`` (JSON), ``arch_hash``, ``step``, ``parent``, ``operators``, ``steplen``,
-  ``strategy``, ``latency`` (statistics and fingerprint), ``train`` (training statistics),
-  ``fail_reason``, worker ``owner`` and ``heartbeat``;
+- user attributes: a :class:`~scaler.search.record.TrialRecord` (architecture, how it was made,
+  latency, training result, failure, worker ``owner`` and ``heartbeat``; its keys are
+  :class:`~scaler.search.record.Attr`). A reference trial (a named model measured for comparison,
+  of any family, maybe outside the space) has no params;
 - artifacts: the run's plots and exported model cards (:mod:`scaler.search.artifacts`).
 
 Candidates are added as WAITING trials; any process (the search itself, or ``scaler worker`` on
@@ -40,10 +41,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from models import LPSNetArch
+from models import LPSNetArch, SegArch
 from scaler.errors import UserError
 from scaler.files import jsonable
 from scaler.search.expand import Constraints
+from scaler.search.record import Attr, TrialRecord
 from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
 
 __all__ = [
@@ -177,8 +179,13 @@ class Claim:
 
     number: int
     trial_id: int
-    arch: LPSNetArch
+    arch: SegArch
     attrs: dict[str, Any]
+
+    @property
+    def record(self) -> TrialRecord:
+        """The claimed trial's record (as it was queued)."""
+        return TrialRecord.from_user_attrs(self.attrs, number=self.number, state=TrialState.RUNNING)
 
 
 def _owner() -> dict[str, Any]:
@@ -291,16 +298,28 @@ class RunStore:
 
     # -- adding and reading candidates ---------------------------------------------------------
 
-    def add(self, arch: LPSNetArch, dists: dict[str, Any], attrs: dict[str, Any]) -> int:
-        """Queue ``arch`` for training; returns the trial number."""
+    def add(self, record: TrialRecord, dists: dict[str, Any], state: TrialState = TrialState.WAITING) -> int:
+        """Add ``record`` as a trial: WAITING queues it for training, FAIL records it untrained.
+
+        Returns:
+            The trial number.
+        """
+        # References are named models, not points of the search space (they may lie outside it).
+        lps = isinstance(record.arch, LPSNetArch) and not record.is_reference
         trial = optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=arch_params(arch),
-            distributions=dists,
-            user_attrs={"arch": arch.to_dict(), "arch_hash": arch.arch_hash(), **attrs},
+            state=state,
+            params=arch_params(record.arch) if lps else {},
+            distributions=dists if lps else {},
+            user_attrs=jsonable(record.to_user_attrs()),
+            # A trial recorded untrained is finished now: its constraint goes with it or never.
+            system_attrs=self.constraint_attrs(record.latency_ms) if state == TrialState.FAIL else {},
         )
         self.study.add_trial(trial)
         return self.study.get_trials(deepcopy=False)[-1].number
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial as a :class:`~scaler.search.record.TrialRecord`, in trial order."""
+        return [TrialRecord.from_trial(t) for t in self.trials()]
 
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
@@ -315,9 +334,9 @@ class RunStore:
                     continue
             except UpdateFinishedTrialError:
                 continue
-            self.storage.set_trial_user_attr(t._trial_id, "owner", _owner())
-            self.storage.set_trial_user_attr(t._trial_id, "heartbeat", time.time())
-            arch = LPSNetArch.from_dict(t.user_attrs["arch"])
+            self.storage.set_trial_user_attr(t._trial_id, Attr.OWNER, _owner())
+            self.storage.set_trial_user_attr(t._trial_id, Attr.HEARTBEAT, time.time())
+            arch = TrialRecord.from_user_attrs(t.user_attrs, number=t.number).arch
             return Claim(number=t.number, trial_id=t._trial_id, arch=arch, attrs=dict(t.user_attrs))
         return None
 
@@ -329,7 +348,7 @@ class RunStore:
         def beat() -> None:
             while not stop.wait(interval_s):
                 with contextlib.suppress(Exception):  # a missed beat is retried at the next interval
-                    self.storage.set_trial_user_attr(claim.trial_id, "heartbeat", time.time())
+                    self.storage.set_trial_user_attr(claim.trial_id, Attr.HEARTBEAT, time.time())
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{claim.number}", daemon=True)
         thread.start()
@@ -358,9 +377,9 @@ class RunStore:
         Returns:
             ``False`` if the trial was already finished (reaped as dead meanwhile).
         """
-        latency = ((attrs or {}).get("latency") or claim.attrs.get("latency") or {}).get("median_ms")
         try:
-            self._set_attrs(claim, {**(attrs or {}), "fail_reason": reason}, self.constraint_attrs(latency))
+            constraint = self.constraint_attrs(claim.record.latency_ms)
+            self._set_attrs(claim, {**(attrs or {}), Attr.FAIL_REASON: reason}, constraint)
             self.study.tell(claim.number, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
             return False
@@ -384,7 +403,7 @@ class RunStore:
         host = socket.gethostname()
         requeued = []
         for t in self.trials(states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("owner")
+            owner = t.user_attrs.get(Attr.OWNER)
             if owner is None:
                 # Claimed a moment ago: the worker moves the trial to RUNNING first and names itself
                 # right after. Only a claim left unnamed for long is a worker that died in between.
@@ -392,7 +411,7 @@ class RunStore:
                 if now - started <= stale_after_s:
                     continue
                 owner = {}
-            beat = float(t.user_attrs.get("heartbeat", 0.0))
+            beat = float(t.user_attrs.get(Attr.HEARTBEAT, 0.0))
             if owner.get("host") == host:
                 dead = not _pid_alive(int(owner.get("pid", -1)))
             else:
@@ -400,14 +419,13 @@ class RunStore:
             if not dead:
                 continue
             why = f"worker {owner.get('host')}:{owner.get('pid')} died (last heartbeat {now - beat:.0f} s ago)"
-            self.storage.set_trial_user_attr(t._trial_id, "fail_reason", why)
+            self.storage.set_trial_user_attr(t._trial_id, Attr.FAIL_REASON, why)
             try:
                 self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue
-            attrs = {k: v for k, v in t.user_attrs.items() if k not in ("owner", "heartbeat", "fail_reason")}
-            attrs["retry_of"] = t.number
-            requeued.append(self.add(LPSNetArch.from_dict(t.user_attrs["arch"]), t.distributions, attrs))
+            retry = TrialRecord.from_user_attrs(t.user_attrs, number=t.number).requeued(t.number)
+            requeued.append(self.add(retry, t.distributions))
         return requeued
 
 

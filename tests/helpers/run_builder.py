@@ -11,6 +11,7 @@ import torch
 
 from models import LPSNet, LPSNetArch, get_arch, parse_inline
 from scaler.search.expand import Constraints
+from scaler.search.record import TrialRecord
 from scaler.search.space import space_from_dict
 from scaler.search.store import RunStore, distributions, open_storage
 
@@ -87,7 +88,7 @@ def make_run(
     """A run folder as the search writes it.
 
     Each trial spec has ``arch`` and optionally ``latency`` (ms), ``miou`` (complete), ``fail``
-    (reason; failed), ``waiting`` (left queued) and extra user attributes under ``attrs``. Trials
+    (reason; failed), ``waiting`` (left queued) and other TrialRecord fields under ``attrs``. Trials
     numbered in ``weights`` keep (random) weights in the run folder, recorded as ``weights_prefix``
     + the path relative to the run.
     """
@@ -102,15 +103,14 @@ def make_run(
     dists = distributions(Constraints())
     for spec in trials:
         arch = spec["arch"]
-        attrs = {
+        fields: dict[str, Any] = {
             "strategy": strategy,
             "step": 0,
             "parent": None,
-            "operators": [],
             "steplen": 0,
             **spec.get("attrs", {}),
         }
-        store.add(arch, dists, attrs)
+        store.add(TrialRecord(arch, **fields), dists)
         if spec.get("waiting"):
             continue
         claim = store.claim()
@@ -132,7 +132,7 @@ def make_run(
 
 
 def greedy_attrs(step: int, parent: int, op: str, steplen: int = 1) -> dict[str, Any]:
-    return {"step": step, "parent": parent, "operators": [op], "steplen": steplen}
+    return {"step": step, "parent": parent, "operators": (op,), "steplen": steplen}
 
 
 A_DEPTH = grow(TINY, depth=(1, 2, 2, 2, 2))

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 import scaler.search.run as search_mod
 import scaler.search.strategies.samplers as strategies_mod
+import scaler.search.worker as worker_mod
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.measure import LatencySettings
@@ -100,7 +101,7 @@ def test_greedy_records_every_candidate_and_its_decision(tmp_path, fake_latency)
 
 
 def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path, fake_latency, monkeypatch):
-    real = search_mod.train_and_evaluate
+    real = worker_mod.train_and_evaluate
 
     def flaky(arch, config, **kw):
         if arch.depth[1] > 1:  # every deeper candidate fails
@@ -112,7 +113,7 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path, fake_l
             )
         return real(arch, config, **kw)
 
-    monkeypatch.setattr(search_mod, "train_and_evaluate", flaky)
+    monkeypatch.setattr(worker_mod, "train_and_evaluate", flaky)
     run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", progress=False)
     store = open_run(tmp_path / "run")
     failed = [t for t in store.trials() if t.state == TrialState.FAIL]
@@ -138,7 +139,7 @@ def test_resume_reuses_everything(tmp_path, fake_latency, monkeypatch):
     def must_not_train(*a, **k):
         raise AssertionError("a finished evaluation was redone")
 
-    monkeypatch.setattr(search_mod, "train_and_evaluate", must_not_train)
+    monkeypatch.setattr(worker_mod, "train_and_evaluate", must_not_train)
     summary = run_search(space, tmp_path / "run", progress=False)
     assert [(t.number, t.values) for t in open_run(tmp_path / "run").trials()] == before
     assert summary.trials == len(before)

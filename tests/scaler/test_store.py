@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from models import get_arch
 from scaler.search.expand import Constraints
+from scaler.search.record import TrialRecord
 from scaler.search.store import STALE_AFTER_S, RunStore, distributions, open_storage
 
 ARCH = get_arch("lpsnet_tiny")
@@ -21,7 +22,7 @@ ARCH = get_arch("lpsnet_tiny")
 def _store(tmp_path, n=1):
     store = RunStore(open_storage(None, tmp_path), "s", ARCH.num_classes)
     for _ in range(n):
-        store.add(ARCH, distributions(Constraints()), {"step": 0})
+        store.add(TrialRecord(ARCH, step=0), distributions(Constraints()))
     return store
 
 

@@ -1,36 +1,53 @@
 """Search strategies: greedy progressive expansion (the method) and Optuna-sampler baselines.
 
 Each strategy is a :class:`~scaler.search.strategies.base.Strategy` (see its docstring for the
-contract); :func:`make_strategy` builds one by name.
+contract) registered by name with :func:`register_strategy`; :func:`make_strategy` builds one by
+name and :func:`list_strategies` names them all. Adding a strategy is one module in this package
+whose class registers itself: every module here is imported below, so the CLI and the search
+know it without further edits.
 """
 
 from __future__ import annotations
 
-from scaler.errors import UserError
-from scaler.search.space import SearchSpace
-from scaler.search.strategies.base import Decision, Proposal, SearchContext, Strategy, TrialRecord
-from scaler.search.strategies.greedy import GreedyStrategy
-from scaler.search.strategies.samplers import SamplerStrategy
+import importlib
+import pkgutil
+
+from scaler.search.strategies.base import (
+    Decision,
+    SearchContext,
+    Strategy,
+    TrialRecord,
+    latest_by_hash,
+    list_strategies,
+    make_strategy,
+    register_strategy,
+    search_trials,
+    strategy_class,
+)
+from scaler.search.strategies.greedy import GreedyStrategy, PlanCandidate, StepDecision, StepPlan
+from scaler.search.strategies.samplers import NSGA2Strategy, RandomStrategy, SamplerStrategy, TPEStrategy
 
 __all__ = [
-    "STRATEGIES",
     "Decision",
     "GreedyStrategy",
-    "Proposal",
+    "NSGA2Strategy",
+    "PlanCandidate",
+    "RandomStrategy",
     "SamplerStrategy",
     "SearchContext",
+    "StepDecision",
+    "StepPlan",
     "Strategy",
+    "TPEStrategy",
     "TrialRecord",
+    "latest_by_hash",
+    "list_strategies",
     "make_strategy",
+    "register_strategy",
+    "search_trials",
+    "strategy_class",
 ]
 
-
-STRATEGIES = ("greedy", "random", "tpe", "nsga2")
-
-
-def make_strategy(name: str, space: SearchSpace, seed: int = 0, batch: int = 1) -> Strategy:
-    if name == "greedy":
-        return GreedyStrategy(space, seed)
-    if name in ("random", "tpe", "nsga2"):
-        return SamplerStrategy(space, name, seed, batch)
-    raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+# Import every strategy module, so that each registers itself (greedy first: the method, the default).
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "greedy", m.name)):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,9 +1,13 @@
-"""The strategy contract: what a strategy sees of the run and what it may answer.
+"""The strategy contract: what a strategy sees of the run, what it may answer, and the registry.
 
 A strategy is a pure function of the run's history: :meth:`Strategy.propose` looks at every trial
 so far and says what to do next (evaluate these architectures, wait for pending ones, or stop).
 Because it keeps no state of its own, a search that is killed and started again makes the same
 decisions from the stored trials, and the trials already finished are never evaluated again.
+
+Strategies register themselves by name (:func:`register_strategy`); the search loop, the CLI and
+the report know them only through :func:`list_strategies`, :func:`strategy_class` and
+:func:`make_strategy`, and read what they need to know of one from its class attributes.
 """
 
 from __future__ import annotations
@@ -11,67 +15,42 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from optuna.trial import FrozenTrial, TrialState
+from typing import Any, ClassVar, Literal, TypeVar
 
 from models import LPSNetArch
+from scaler.errors import UserError
+from scaler.search.record import TrialRecord
 from scaler.search.space import SearchSpace
 
-__all__ = ["Decision", "Proposal", "SearchContext", "Strategy", "TrialRecord", "latest_by_hash"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialRecord:
-    """What a strategy sees of one trial."""
-
-    number: int
-    state: TrialState
-    arch: LPSNetArch
-    arch_hash: str
-    step: int | None
-    latency_ms: float | None
-    miou: float | None
-    attrs: dict[str, Any]
-
-    @property
-    def pending(self) -> bool:
-        return self.state in (TrialState.WAITING, TrialState.RUNNING)
-
-    @property
-    def complete(self) -> bool:
-        return self.state == TrialState.COMPLETE
-
-    @classmethod
-    def from_trial(cls, t: FrozenTrial) -> TrialRecord:
-        lat = (t.user_attrs.get("latency") or {}).get("median_ms")
-        return cls(
-            number=t.number,
-            state=t.state,
-            arch=LPSNetArch.from_dict(t.user_attrs["arch"]),
-            arch_hash=t.user_attrs["arch_hash"],
-            step=t.user_attrs.get("step"),
-            latency_ms=lat,
-            miou=t.values[1] if t.state == TrialState.COMPLETE and t.values else None,
-            attrs=dict(t.user_attrs),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Proposal:
-    """An architecture to evaluate, with the attributes its trial carries (step, parent, operators...)."""
-
-    arch: LPSNetArch
-    attrs: dict[str, Any]
+__all__ = [
+    "Decision",
+    "SearchContext",
+    "Strategy",
+    "TrialRecord",
+    "latest_by_hash",
+    "list_strategies",
+    "make_strategy",
+    "register_strategy",
+    "search_trials",
+    "strategy_class",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """``propose`` (evaluate ``proposals``), ``wait`` (pending trials must finish), or ``done`` (``reason``)."""
+    """``propose`` (evaluate ``proposals``), ``wait`` (pending trials must finish), or ``done`` (``reason``).
 
-    kind: str
-    proposals: tuple[Proposal, ...] = ()
+    A proposal is a :class:`TrialRecord` without a number: the architecture and what its trial
+    carries (step, parent, operators, and the latency when the strategy measured it already).
+    """
+
+    kind: Literal["propose", "wait", "done"]
+    proposals: tuple[TrialRecord, ...] = ()
     reason: str = ""
+
+    @classmethod
+    def propose(cls, proposals: Sequence[TrialRecord]) -> Decision:
+        return cls("propose", tuple(proposals))
 
     @classmethod
     def wait(cls) -> Decision:
@@ -98,23 +77,101 @@ class SearchContext:
 
 class Strategy(abc.ABC):
     """Base class. Subclasses implement :meth:`propose`; they must keep no state between calls
-    beyond their constructor arguments, so that a resumed search decides as the first one did."""
+    beyond their constructor arguments, so that a resumed search decides as the first one did.
 
-    name: str = ""
+    ``history`` holds every trial of the run, references included; a strategy decides from
+    :func:`search_trials` (references are measured for comparison, never part of its decisions).
 
-    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+    Class attributes tell the search loop what it needs to know:
+
+    - ``name``: the registered name (set by :func:`register_strategy`);
+    - ``progress``: what the progress bar counts, ``"steps"`` or ``"trials"`` (trained ones);
+    - ``loop_checks_budget``: the loop records proposals over the latency budget untrained (a
+      strategy whose proposals are within the budget by construction turns it off, so that a
+      second measurement a little over the budget never drops a candidate it decided on).
+    """
+
+    name: ClassVar[str] = ""
+    progress: ClassVar[Literal["steps", "trials"]] = "trials"
+    loop_checks_budget: ClassVar[bool] = True
+
+    def __init__(self, space: SearchSpace, seed: int = 0, batch: int = 1) -> None:
         self.space = space
         self.seed = seed
+        self.batch = batch
+
+    @classmethod
+    def study_name(cls, space_name: str) -> str:
+        """The run's study name for a search of the space ``space_name``."""
+        return f"{space_name}-{cls.name}"
 
     @abc.abstractmethod
     def propose(self, history: Sequence[TrialRecord], ctx: SearchContext) -> Decision:
         """Decide the next move from every trial so far."""
 
 
+_REGISTRY: dict[str, type[Strategy]] = {}
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register_strategy(name: str) -> Callable[[S], S]:
+    """Class decorator: register a :class:`Strategy` subclass under ``name`` (sets its ``name``).
+
+    Raises:
+        ValueError: ``name`` is registered already.
+    """
+
+    def wrap(cls: S) -> S:
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} is registered already ({_REGISTRY[name].__qualname__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_strategies() -> list[str]:
+    """Registered strategy names, in registration order (the method first)."""
+    return list(_REGISTRY)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as ``name``.
+
+    Raises:
+        UserError: No such strategy; the message names the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def make_strategy(name: str, space: SearchSpace, seed: int = 0, batch: int = 1) -> Strategy:
+    """A new strategy ``name`` for ``space``.
+
+    Args:
+        name: A registered name (:func:`list_strategies`).
+        space: The search space.
+        seed: Seed of strategies that draw at random.
+        batch: Proposals a strategy may make at once (the number of workers).
+
+    Raises:
+        UserError: Unknown name, or a space the strategy cannot search.
+    """
+    return strategy_class(name)(space, seed=seed, batch=batch)
+
+
+def search_trials(history: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials a strategy decides from: every one but the references."""
+    return [t for t in history if not t.is_reference]
+
+
 def latest_by_hash(history: Sequence[TrialRecord]) -> dict[str, TrialRecord]:
     """For each architecture, its complete trial if any, else its most recent one."""
     out: dict[str, TrialRecord] = {}
-    for t in sorted(history, key=lambda t: t.number):
+    for t in sorted(history, key=lambda t: t.number if t.number is not None else -1):
         current = out.get(t.arch_hash)
         if current is None or not current.complete:
             out[t.arch_hash] = t

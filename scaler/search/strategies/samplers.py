@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -15,11 +16,21 @@ from scaler.errors import UserError
 from scaler.search.expand import Constraints
 from scaler.search.space import SearchSpace
 from scaler.search.store import arch_from_params, arch_params
-from scaler.search.strategies.base import Decision, Proposal, SearchContext, Strategy, TrialRecord
+from scaler.search.strategies.base import (
+    Decision,
+    SearchContext,
+    Strategy,
+    TrialRecord,
+    register_strategy,
+    search_trials,
+)
 
 __all__ = [
     "MAX_REJECTED_IN_A_ROW",
+    "NSGA2Strategy",
+    "RandomStrategy",
     "SamplerStrategy",
+    "TPEStrategy",
     "sampler_distributions",
     "sampler_params",
     "sampler_to_params",
@@ -41,60 +52,58 @@ class SamplerStrategy(Strategy):
     run untrained, and the sampler asks again, up to :data:`MAX_REJECTED_IN_A_ROW` times in a row.
     The shadow trial's system attributes (NSGA-II's generation, say) are kept in the run, and the
     sampler's seed derives from the number of proposals so far, so a resumed run proposes as the
-    first one would have.
+    first one would have. Subclasses give the sampler (:meth:`sampler`).
+
+    Raises:
+        UserError: The space has no ``stopping.max_trials`` (a baseline's budget).
     """
 
-    def __init__(self, space: SearchSpace, name: str, seed: int = 0, batch: int = 1) -> None:
-        super().__init__(space, seed)
+    def __init__(self, space: SearchSpace, seed: int = 0, batch: int = 1) -> None:
+        super().__init__(space, seed, batch)
         if space.stopping.max_trials is None:
-            raise UserError(f"strategy {name!r} needs stopping.max_trials in the search space (its budget)")
-        self.name = name
-        self.batch = batch
+            raise UserError(f"strategy {self.name!r} needs stopping.max_trials in the search space (its budget)")
 
-    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        if self.name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if self.name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        if self.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-        raise UserError(f"unknown strategy {self.name!r}")
+    @abc.abstractmethod
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler, seeded with ``seed``."""
 
     def propose(self, history: Sequence[TrialRecord], ctx: SearchContext) -> Decision:
         sp = self.space
+        assert sp.stopping.max_trials is not None  # checked in __init__
+        history = search_trials(history)
         if any(t.pending for t in history):
             return Decision.wait()
-        mine = [t for t in history if t.attrs.get("strategy") == self.name and "retry_of" not in t.attrs]
-        trained = [t for t in mine if not t.attrs.get("over_budget")]
+        mine = [t for t in history if t.strategy == self.name and t.retry_of is None]
+        trained = [t for t in mine if not t.over_budget]
         if len(trained) >= sp.stopping.max_trials:
             return Decision.done(f"trial limit reached ({sp.stopping.max_trials})")
         rejected_in_a_row = 0
         for t in reversed(mine):
-            if not t.attrs.get("over_budget"):
+            if not t.over_budget:
                 break
             rejected_in_a_row += 1
         dists = sampler_distributions(sp.constraints)
         shadow = optuna.create_study(
-            directions=["minimize", "maximize"], sampler=self._sampler(self.seed * 7919 + len(mine))
+            directions=["minimize", "maximize"], sampler=self.sampler(self.seed * 7919 + len(mine))
         )
         budget = sp.stopping.latency_budget_ms
         for t in history:
-            if t.latency_ms is None or not (t.complete or t.attrs.get("over_budget")):
+            if t.latency_ms is None or t.lps_arch is None or not (t.complete or t.over_budget):
                 continue
             shadow.add_trial(
                 optuna.trial.create_trial(
-                    params=sampler_params(t.arch, sp.constraints),
+                    params=sampler_params(t.lps_arch, sp.constraints),
                     distributions=dists,
                     values=[t.latency_ms, t.miou if t.miou is not None else 0.0],
                     system_attrs={
                         k: v
-                        for k, v in (t.attrs.get("sampler_system_attrs") or {}).items()
+                        for k, v in (t.sampler_system_attrs or {}).items()
                         if not k.startswith("constraints")  # given afresh below
                     },
                     constraints={"latency_budget": 0.0 if budget is None else t.latency_ms - budget},
                 )
             )
-        proposals: list[Proposal] = []
+        proposals: list[TrialRecord] = []
         seen = {t.arch_hash for t in history}
         wanted = min(self.batch, sp.stopping.max_trials - len(trained))
         found = 0
@@ -113,25 +122,60 @@ class SamplerStrategy(Strategy):
                 rejected_in_a_row += 1
                 continue
             seen.add(arch.arch_hash())
-            attrs: dict[str, Any] = {"step": None, "parent": None, "operators": [], "steplen": 0, "strategy": self.name}
+            latency = None
+            over = False
             if budget is not None:
-                attrs["latency"] = ctx.latency(arch)
-                ms = float(attrs["latency"]["median_ms"])
+                latency = ctx.latency(arch)
+                ms = float(latency["median_ms"])
                 trial.set_constraint("latency_budget", ms - budget)
                 shadow.tell(trial, values=[ms, 0.0])
+                over = ms > budget
             else:
                 shadow.tell(trial, state=TrialState.FAIL)
-            attrs["sampler_system_attrs"] = dict(shadow.trials[trial.number].system_attrs)
-            if budget is not None and ms > budget:
-                attrs["over_budget"] = True
+            if over:
                 rejected_in_a_row += 1
             else:
                 rejected_in_a_row = 0
                 found += 1
-            proposals.append(Proposal(arch, attrs))
+            proposals.append(
+                TrialRecord(
+                    arch,
+                    strategy=self.name,
+                    step=None,
+                    parent=None,
+                    steplen=0,
+                    latency=latency,
+                    over_budget=over,
+                    sampler_system_attrs=dict(shadow.trials[trial.number].system_attrs),
+                )
+            )
         if not proposals:
             return Decision.done("the sampler proposes only architectures already evaluated")
-        return Decision("propose", tuple(proposals))
+        return Decision.propose(proposals)
+
+
+@register_strategy("random")
+class RandomStrategy(SamplerStrategy):
+    """Baseline: architectures drawn at random."""
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+@register_strategy("tpe")
+class TPEStrategy(SamplerStrategy):
+    """Baseline: Optuna's multivariate TPE over latency and mIoU."""
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+@register_strategy("nsga2")
+class NSGA2Strategy(SamplerStrategy):
+    """Baseline: NSGA-II (population 8) over latency and mIoU."""
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
 
 
 def _repair(params: dict[str, Any], space: SearchSpace) -> LPSNetArch:

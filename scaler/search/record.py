@@ -1,0 +1,287 @@
+"""What one trial of a run carries, typed: :class:`TrialRecord`, and the one place its stored keys live.
+
+A run stores each candidate as an Optuna trial whose user attributes hold the record
+(:meth:`TrialRecord.to_user_attrs`); every reader turns a trial back into a record with
+:meth:`TrialRecord.from_trial`. The keys are those runs have always stored (:class:`Attr`), so runs
+written before this module existed read back unchanged, and keys a record does not know are kept
+in :attr:`TrialRecord.extra` rather than lost.
+
+The latency and training statistics stay the plain mappings their producers write
+(:meth:`scaler.measure.latency.LatencyResult.to_dict`, :meth:`scaler.proxy.train.TrainResult.to_dict`);
+the record gives typed access to the values the search and the report read from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from models import LPSNetArch, SegArch, arch_from_dict
+
+__all__ = ["Attr", "TrialKind", "TrialRecord"]
+
+
+class Attr:
+    """The user-attribute keys of a trial: the stored schema, spelled once."""
+
+    ARCH = "arch"
+    ARCH_HASH = "arch_hash"
+    STRATEGY = "strategy"
+    STEP = "step"
+    PARENT = "parent"
+    OPERATORS = "operators"
+    STEPLEN = "steplen"
+    TARGET_MS = "target_ms"
+    LATENCY = "latency"
+    TRAIN = "train"
+    FAIL_REASON = "fail_reason"
+    OVER_BUDGET = "over_budget"
+    RETRY_OF = "retry_of"
+    REFERENCE = "reference"
+    WEIGHTS = "weights"
+    SAMPLER_SYSTEM_ATTRS = "sampler_system_attrs"
+    OWNER = "owner"
+    HEARTBEAT = "heartbeat"
+
+    # Written for every proposal, ``None`` included (readers of old runs may expect the key).
+    CORE = (STEP, PARENT, OPERATORS, STEPLEN, STRATEGY)
+    # What a worker's claim adds and a re-queued copy leaves out.
+    WORKER = (OWNER, HEARTBEAT, FAIL_REASON)
+
+
+class TrialKind(str, enum.Enum):
+    """Why a trial is in the run.
+
+    ``candidate``: proposed by the strategy and trained; ``over_budget``: proposed, measured over
+    the latency budget and recorded untrained; ``retry``: a candidate queued again after its worker
+    died; ``reference``: a named model measured and trained for comparison, not part of the search.
+    """
+
+    CANDIDATE = "candidate"
+    OVER_BUDGET = "over_budget"
+    RETRY = "retry"
+    REFERENCE = "reference"
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_KNOWN = frozenset(v for k, v in vars(Attr).items() if k.isupper() and isinstance(v, str))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One trial: what it evaluates, how the strategy made it, what was measured, and its outcome.
+
+    A record made by a strategy (a proposal) has no ``number``, ``state`` or ``values`` yet; a
+    record read from the study has them.
+
+    Args:
+        arch: The architecture (an LPS-Net for candidates; any family for references).
+        strategy: Name of the strategy that proposed it (``None`` for references of old runs).
+        step: Greedy step (0 = the start network); ``None`` for baselines and references.
+        parent: Trial number of the network it grew from.
+        operators: Operator names applied to the parent.
+        steplen: Times the operators were applied.
+        target_ms: The step's target latency (greedy).
+        latency: The latency measurement (statistics and device fingerprint).
+        train: The training result, without its loss curve.
+        fail_reason: Why the trial failed, when it did.
+        over_budget: Measured over the latency budget and not trained.
+        retry_of: The trial this one re-queues after its worker died.
+        reference: The named model this trial measures for comparison.
+        weights: Where the proxy-trained weights were kept (relative to the run folder when inside it).
+        sampler_system_attrs: A baseline's shadow-trial system attributes (NSGA-II's generation, say).
+        owner: The worker that claimed it (``host``, ``pid``).
+        heartbeat: The worker's last sign of life (seconds since the epoch).
+        extra: Stored keys this record does not know, kept as they are.
+        arch_hash: Stored hash of ``arch`` (computed when not given).
+        number: Trial number in the study.
+        state: Optuna state.
+        values: ``(latency ms, mIoU)`` of a complete trial.
+    """
+
+    arch: SegArch
+    strategy: str | None = None
+    step: int | None = None
+    parent: int | None = None
+    operators: tuple[str, ...] = ()
+    steplen: int | None = 0
+    target_ms: float | None = None
+    latency: Mapping[str, Any] | None = None
+    train: Mapping[str, Any] | None = None
+    fail_reason: str | None = None
+    over_budget: bool = False
+    retry_of: int | None = None
+    reference: str | None = None
+    weights: str | None = None
+    sampler_system_attrs: Mapping[str, Any] | None = None
+    owner: Mapping[str, Any] | None = None
+    heartbeat: float | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    arch_hash: str = ""
+    number: int | None = None
+    state: TrialState | None = None
+    values: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.arch_hash:
+            object.__setattr__(self, "arch_hash", self.arch.arch_hash())
+        object.__setattr__(self, "operators", tuple(self.operators))
+
+    # -- what it is ----------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> TrialKind:
+        if self.reference is not None:
+            return TrialKind.REFERENCE
+        if self.over_budget:
+            return TrialKind.OVER_BUDGET
+        if self.retry_of is not None:
+            return TrialKind.RETRY
+        return TrialKind.CANDIDATE
+
+    @property
+    def is_reference(self) -> bool:
+        return self.reference is not None
+
+    @property
+    def lps_arch(self) -> LPSNetArch | None:
+        """The architecture when it is an LPS-Net (every search candidate is), else ``None``."""
+        return self.arch if isinstance(self.arch, LPSNetArch) else None
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (TrialState.WAITING, TrialState.RUNNING)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == TrialState.COMPLETE
+
+    # -- what was measured ---------------------------------------------------------------------
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The measured median latency (ms), when measured."""
+        return _float((self.latency or {}).get("median_ms"))
+
+    @property
+    def miou(self) -> float | None:
+        """The validation mIoU (a fraction) of a complete trial."""
+        return float(self.values[1]) if self.complete and self.values else None
+
+    @property
+    def fingerprint(self) -> Mapping[str, Any]:
+        """The latency measurement's device fingerprint (empty when not measured)."""
+        return (self.latency or {}).get("fingerprint") or {}
+
+    @property
+    def fingerprint_hash(self) -> str | None:
+        return (self.latency or {}).get("fingerprint_hash")
+
+    def with_latency(self, latency: Mapping[str, Any]) -> TrialRecord:
+        """This record with its latency measurement."""
+        return dataclasses.replace(self, latency=dict(latency))
+
+    # -- the stored form -----------------------------------------------------------------------
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The trial's user attributes: the :attr:`Attr.CORE` keys always, the others when set."""
+        out: dict[str, Any] = {
+            Attr.ARCH: self.arch.to_dict(),
+            Attr.ARCH_HASH: self.arch_hash,
+            Attr.STEP: self.step,
+            Attr.PARENT: self.parent,
+            Attr.OPERATORS: list(self.operators),
+            Attr.STEPLEN: self.steplen,
+            Attr.STRATEGY: self.strategy,
+        }
+        optional = {
+            Attr.TARGET_MS: self.target_ms,
+            Attr.LATENCY: None if self.latency is None else dict(self.latency),
+            Attr.TRAIN: None if self.train is None else dict(self.train),
+            Attr.FAIL_REASON: self.fail_reason,
+            Attr.OVER_BUDGET: True if self.over_budget else None,
+            Attr.RETRY_OF: self.retry_of,
+            Attr.REFERENCE: self.reference,
+            Attr.WEIGHTS: self.weights,
+            Attr.SAMPLER_SYSTEM_ATTRS: None if self.sampler_system_attrs is None else dict(self.sampler_system_attrs),
+            Attr.OWNER: None if self.owner is None else dict(self.owner),
+            Attr.HEARTBEAT: self.heartbeat,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_user_attrs(
+        cls,
+        attrs: Mapping[str, Any],
+        *,
+        number: int | None = None,
+        state: TrialState | None = None,
+        values: tuple[float, float] | None = None,
+    ) -> TrialRecord:
+        """A record from stored user attributes (any run, old or new).
+
+        Raises:
+            ArchError: The stored architecture cannot be read.
+        """
+        a = attrs
+        return cls(
+            arch=arch_from_dict(a[Attr.ARCH], source=f"trial {number}"),
+            strategy=a.get(Attr.STRATEGY),
+            step=_int(a.get(Attr.STEP)),
+            parent=_int(a.get(Attr.PARENT)),
+            operators=tuple(str(o) for o in a.get(Attr.OPERATORS) or ()),
+            steplen=_int(a.get(Attr.STEPLEN)),
+            target_ms=_float(a.get(Attr.TARGET_MS)),
+            latency=a.get(Attr.LATENCY) if isinstance(a.get(Attr.LATENCY), Mapping) else None,
+            train=a.get(Attr.TRAIN) if isinstance(a.get(Attr.TRAIN), Mapping) else None,
+            fail_reason=a.get(Attr.FAIL_REASON),
+            over_budget=bool(a.get(Attr.OVER_BUDGET, False)),
+            retry_of=_int(a.get(Attr.RETRY_OF)),
+            reference=a.get(Attr.REFERENCE),
+            weights=a.get(Attr.WEIGHTS),
+            sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),
+            owner=a.get(Attr.OWNER),
+            heartbeat=_float(a.get(Attr.HEARTBEAT)),
+            extra={k: v for k, v in a.items() if k not in _KNOWN},
+            arch_hash=str(a.get(Attr.ARCH_HASH) or ""),
+            number=number,
+            state=state,
+            values=values,
+        )
+
+    @classmethod
+    def from_trial(cls, t: FrozenTrial) -> TrialRecord:
+        """The record of a stored trial, with its number, state and values."""
+        values = None
+        if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 2:
+            values = (float(t.values[0]), float(t.values[1]))
+        return cls.from_user_attrs(t.user_attrs, number=t.number, state=t.state, values=values)
+
+    def requeued(self, number: int) -> TrialRecord:
+        """A fresh copy of this record to queue again after trial ``number``'s worker died."""
+        return dataclasses.replace(
+            self, owner=None, heartbeat=None, fail_reason=None, retry_of=number, number=None, state=None, values=None
+        )

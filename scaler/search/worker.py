@@ -1,0 +1,156 @@
+"""Workers: train queued candidates of a run's study and record what they got.
+
+Any process may be one: the search itself (``workers=0``), local worker processes it starts
+(``python -m scaler.cli worker``, see :func:`start_local_workers`), or ``scaler worker`` on any host
+that reaches the study's storage. Each claims a WAITING trial atomically, trains it with the
+space's recipe while recording a heartbeat, and finishes it as COMPLETE or FAIL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scaler.proxy.train import TrainConfig, train_and_evaluate
+from scaler.search.record import Attr
+from scaler.search.run_folder import JOURNAL_NAME
+from scaler.search.space import space_from_dict
+from scaler.search.store import Claim, RunStore, StorageError, open_storage
+
+__all__ = ["POLL_S", "evaluate_claim", "run_worker", "start_local_workers"]
+
+POLL_S = 2.0
+
+
+def evaluate_claim(
+    store: RunStore,
+    claim: Claim,
+    training: TrainConfig,
+    *,
+    weights_dir: Path | None = None,
+    run_dir: Path | None = None,
+    log: Callable[[str], None] = lambda m: None,
+    progress: bool | None = None,
+) -> bool:
+    """Train a claimed candidate and record the result (COMPLETE, or FAIL with the reason).
+
+    Args:
+        store: The run's study.
+        claim: From :meth:`RunStore.claim`.
+        training: The recipe.
+        weights_dir: Keep the trained weights here (``trial_<number>.pt``).
+        run_dir: The run folder: kept weights inside it are recorded relative to it.
+        log: Receives one line per result.
+        progress: Show the training progress bar (``None``: when stderr is a terminal).
+
+    Returns:
+        Whether the trial was recorded COMPLETE (``False`` if it failed or was reaped meanwhile).
+    """
+    save = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
+    with store.heartbeat(claim):
+        result = train_and_evaluate(claim.arch, training, progress=progress, save=save)
+    train = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
+    attrs: dict[str, Any] = {Attr.TRAIN: train}
+    if save is not None and result.ok:
+        # Relative to the run folder when it is inside it (the schema), else where the worker put it.
+        inside = run_dir is not None and save.resolve().is_relative_to(run_dir.resolve())
+        attrs[Attr.WEIGHTS] = str(save.resolve().relative_to(run_dir.resolve())) if inside else str(save.resolve())
+    latency = claim.record.latency_ms
+    if result.ok and latency is not None:
+        ok = store.complete(claim, float(latency), float(result.miou), attrs)
+        log(f"trial #{claim.number} {claim.arch.inline()}: mIoU {100 * result.miou:.2f} at {latency:.2f} ms")
+        return ok
+    reason = result.reason or "no latency recorded"
+    store.fail(claim, reason, attrs)
+    log(f"trial #{claim.number} {claim.arch.inline()}: FAILED ({reason})")
+    return False
+
+
+def start_local_workers(
+    n: int, run_dir: Path, storage_url: str | None, study_name: str, weights_dir: Path | None
+) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes (``python -m scaler.cli worker``) on this host for the run.
+
+    They exit when the search finishes, or when this process (their parent) is gone.
+    """
+    url = storage_url or f"journal:{(run_dir / JOURNAL_NAME).resolve()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaler.cli",
+        "worker",
+        "--storage",
+        url,
+        "--study",
+        study_name,
+        "--parent-pid",
+        str(os.getpid()),
+        "--quiet",
+    ]
+    if weights_dir is not None:
+        cmd += ["--weights-dir", str(weights_dir), "--run-dir", str(run_dir)]
+    return [subprocess.Popen(cmd) for _ in range(n)]
+
+
+def run_worker(
+    storage_url: str,
+    study_name: str,
+    *,
+    device: str | None = None,
+    weights_dir: Path | None = None,
+    poll_s: float = POLL_S,
+    max_idle_s: float | None = None,
+    parent_pid: int | None = None,
+    run_dir: Path | None = None,
+    log: Callable[[str], None] = lambda m: None,
+    progress: bool | None = None,
+) -> int:
+    """Evaluate queued candidates of a study until the search finishes; returns how many were evaluated.
+
+    Raises:
+        UserError: Unreachable storage, or no such study.
+    """
+    storage = open_storage(storage_url, None)
+    started = time.monotonic()
+    waiting_logged = False
+    while True:
+        try:
+            store = RunStore.load(storage, study_name)
+            if store.get("space") is not None:
+                break
+        except StorageError:
+            if max_idle_s is not None and time.monotonic() - started > max_idle_s:
+                raise
+        # Workers may start before the search creates its study: wait for it.
+        if not waiting_logged:
+            log(f"waiting for study {study_name!r} to be created by scaler search")
+            waiting_logged = True
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return 0
+        time.sleep(poll_s)
+    stored = dict(store.get("space") or {})
+    stored.pop("num_classes", None)
+    space = space_from_dict(stored, source=f"study {study_name}")
+    training = space.training if device is None else dataclasses.replace(space.training, device=device)
+    done = 0
+    idle_since = time.monotonic()
+    while True:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return done
+        claim = store.claim()
+        if claim is None:
+            if store.get("status") == "finished":
+                return done
+            if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                return done
+            time.sleep(poll_s)
+            continue
+        evaluate_claim(store, claim, training, weights_dir=weights_dir, run_dir=run_dir, log=log, progress=progress)
+        done += 1
+        idle_since = time.monotonic()

@@ -1,0 +1,49 @@
+"""Deterministic latency and training for search tests: decisions depend on the architecture alone,
+never on the machine's load or on real training (which these tests do not test)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from models import LPSNetArch, SegArch
+from scaler.proxy.train import TrainConfig, TrainResult
+
+
+def fake_ms(arch: LPSNetArch) -> float:
+    """Latency grows with depth, width and (squared) resolution, as real latency does."""
+    return sum(arch.depth) * 0.1 + sum(arch.width) * 0.01 + 4 * sum(r * r for r in arch.resolution)
+
+
+class FakeLatency:
+    """Stands in for ``measure_latency``; counts its calls. Other families get a fixed latency."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, arch: SegArch, **kw: Any) -> _Result:
+        self.calls += 1
+        return _Result(fake_ms(arch) if isinstance(arch, LPSNetArch) else 7.5)
+
+
+class _Result:
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_ms": self.ms, "p10_ms": self.ms, "p90_ms": self.ms, "fingerprint": {"device": "fake"}}
+
+
+def fake_miou(arch: SegArch) -> float:
+    """A saturating gain in capacity; widths help more than depth, so the greedy path is not trivial."""
+    if not isinstance(arch, LPSNetArch):
+        return 0.42
+    capacity = sum(arch.depth) * 0.5 + sum(arch.width) / 16 + 8 * sum(arch.resolution)
+    return round(0.9 * (1 - math.exp(-capacity / 60)), 6)
+
+
+def fake_train(arch: SegArch, config: TrainConfig, **kw: Any) -> TrainResult:
+    """Stands in for ``train_and_evaluate``: :func:`fake_miou`, and a failure for three-path networks."""
+    if isinstance(arch, LPSNetArch) and arch.num_paths == 3:
+        return TrainResult(status="failed", reason="fake: three paths fail", arch=arch.to_dict(), config={})
+    return TrainResult(status="ok", reason=None, arch=arch.to_dict(), config={}, miou=fake_miou(arch))
