@@ -377,9 +377,9 @@ class RunStore:
         Returns:
             ``False`` if the trial was already finished (reaped as dead meanwhile).
         """
+        latency = ((attrs or {}).get(Attr.LATENCY) or claim.attrs.get(Attr.LATENCY) or {}).get("median_ms")
         try:
-            constraint = self.constraint_attrs(claim.record.latency_ms)
-            self._set_attrs(claim, {**(attrs or {}), Attr.FAIL_REASON: reason}, constraint)
+            self._set_attrs(claim, {**(attrs or {}), Attr.FAIL_REASON: reason}, self.constraint_attrs(latency))
             self.study.tell(claim.number, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
             return False

@@ -21,7 +21,7 @@ class FakeLatency:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, arch: SegArch, **kw: Any) -> _Result:
+    def __call__(self, arch: SegArch, settings: Any = None, **kw: Any) -> _Result:
         self.calls += 1
         return _Result(fake_ms(arch) if isinstance(arch, LPSNetArch) else 7.5)
 

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from run_builder import GREEDY_TRIALS, make_greedy_run
 
 import scaler.search.run as search_mod
+import scaler.search.worker as worker_mod
 from models import get_arch
 from scaler.cli import main
 from scaler.proxy.train import TrainResult
@@ -25,6 +26,7 @@ from scaler.report.outputs import write_run_outputs
 from scaler.report.summary import summarize_run
 from scaler.search.artifacts import artifact_store, attach_to_study, study_artifacts, trial_artifacts
 from scaler.search.expand import Constraints
+from scaler.search.record import TrialRecord
 from scaler.search.run import run_search
 from scaler.search.run_folder import ARTIFACTS_DIR, JOURNAL_NAME
 from scaler.search.space import load_space
@@ -67,7 +69,7 @@ def fake_search(monkeypatch, tmp_path):
             status="ok", reason=None, arch=arch.to_dict(), config=config.to_dict(), miou=sum(arch.width) / 1000
         )
 
-    monkeypatch.setattr(search_mod, "train_and_evaluate", train)
+    monkeypatch.setattr(worker_mod, "train_and_evaluate", train)
 
 
 def _space(tmp_path: Path, budget: float | None) -> Path:
@@ -155,7 +157,7 @@ def test_failed_training_with_a_known_latency_records_its_constraint(tmp_path):
 def test_finishing_a_reaped_trial_records_nothing(tmp_path):
     store = RunStore(open_storage(None, tmp_path), "s", 19)
     arch = get_arch("lpsnet_tiny")
-    store.add(arch, distributions(Constraints()), {"step": 0})
+    store.add(TrialRecord(arch, step=0), distributions(Constraints()))
     claim = store.claim()
     store.storage.set_trial_state_values(claim.trial_id, state=TrialState.FAIL)  # the search reaped it
     assert store.complete(claim, 1.0, 0.5, {"train": {"status": "ok"}}) is False
