@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,3 +33,14 @@ def machine(threads: int) -> dict[str, Any]:
 
 def machine_line(m: dict[str, Any]) -> str:
     return f"{m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, {m['threads']} threads"
+
+
+def write_report(out: str | Path, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> str:
+    """Write ``OUT.json`` (the numbers) and ``OUT.md`` (the table), print the table and return it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return text

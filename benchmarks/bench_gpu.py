@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import command_line
+from _common import command_line, write_report
 from torch.utils import benchmark
 
 from models import LPSNet, get_arch, reparameterize
@@ -430,9 +430,7 @@ def main() -> int:
         report["seconds"] = time.perf_counter() - started
         # The benchmark is long: what is done survives a stop.
         out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    text = to_markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_report(out, report, to_markdown)
     return 0
 
 

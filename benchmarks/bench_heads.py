@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from _common import command_line, machine, machine_line
+from _common import command_line, machine, machine_line, write_report
 
 from models import HeadConfig, build_model, resolve_arch
 from scaler.measure import LatencySettings, measure_latency
@@ -239,12 +237,7 @@ def main() -> int:
         print("training", flush=True)
         report["training"] = train_rows(backbones, args.seeds, args)
     report["seconds"] = time.perf_counter() - started
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    text = to_markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_report(args.out, report, to_markdown)
     return 0
 
 

@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _common import command_line, write_report
 from torch.utils import benchmark
 
 from models import LPSNet, get_arch, reparameterize
@@ -409,7 +409,7 @@ def main() -> None:
     )
     first = next(iter(fid.values()))["ours"][0]
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%d"),
         "fingerprint": first["fingerprint"],
         "fingerprint_hash": first["fingerprint_hash"],
@@ -426,11 +426,7 @@ def main() -> None:
         "gpu_note": gpu_note,
         "verdict": verdict,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown)
     if missed:
         sys.exit(1)
 

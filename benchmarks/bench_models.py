@@ -9,14 +9,12 @@ writes ``<out>.json`` (every sample and the machine fingerprint) and ``<out>.md`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from _common import command_line, machine, machine_line
+from _common import command_line, machine, machine_line, write_report
 
 from models import create_model, reparameterize
 
@@ -127,11 +125,7 @@ def main() -> None:
         "results": results,
         "verdict": verdict,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown)
     if slower:
         sys.exit(1)
 

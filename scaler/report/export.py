@@ -378,7 +378,7 @@ def export_trial(
                 number,
                 why,
                 arch,
-                record.to_user_attrs(),
+                record,
                 files,
                 checks,
                 shape,

@@ -9,6 +9,7 @@ from models import (
     LPSNetArch,
 )
 from scaler.measure.onnx_export import ONNX_OPSET
+from scaler.search.record import TrialRecord
 from scaler.search.store import RunStore
 
 __all__ = ["model_card"]
@@ -26,24 +27,39 @@ def model_card(
     number: int,
     why: str,
     arch: LPSNetArch,
-    attrs: dict[str, Any],
+    record: TrialRecord,
     files: dict[str, Path],
     checks: dict[str, dict[str, Any]],
     shape: tuple[int, ...],
     upsample: bool,
     trained: bool,
 ) -> str:
-    from scaler.measure.complexity import measure_complexity
+    """The Markdown of an exported trial's MODEL_CARD.md.
+
+    Args:
+        store: The run's study (its space and class names).
+        run_dir: The run folder.
+        number: The exported trial.
+        why: How it was chosen (``--max-latency 2``, say).
+        arch: Its architecture.
+        record: Its trial record (latency with fingerprint, training result, where it came from).
+        files: The exported files by format.
+        checks: Each exported format's check against PyTorch.
+        shape: The input shape the files take.
+        upsample: Whether the files end with the final upsample.
+        trained: Whether the weights are the run's proxy-trained ones.
+    """
+    from scaler.measure.complexity import measure_complexity  # ptflops only when a card is written
 
     space = store.get("space") or {}
     h, w = int(shape[-2]), int(shape[-1])
     shape_text = "x".join(map(str, shape))
     cx = measure_complexity(arch, (h, w), include_upsample=upsample)
-    latency = attrs.get("latency") or {}
-    fp = latency.get("fingerprint") or {}
-    train = attrs.get("train") or {}
+    latency = record.latency or {}
+    fp = record.fingerprint
+    train = record.train or {}
     config = train.get("config") or {}
-    reference = attrs.get("reference")
+    reference = record.reference
     title = f"{reference} measured in run {run_dir.name}" if reference else f"{space.get('name', 'run')} trial {number}"
     upsample_text = (
         "with the final upsample to the input size" if upsample else "up to the head's logits (no final upsample)"
@@ -139,11 +155,11 @@ def model_card(
     if reference:
         lines.append(f"The named model `{reference}`, measured in this run for comparison.")
     else:
-        ops = ", ".join(attrs.get("operators") or []) or "none (the start network)"
+        ops = ", ".join(record.operators) or "none (the start network)"
         lines.append(
-            f"Strategy {attrs.get('strategy', '?')}, step {attrs.get('step', '?')}, parent trial "
-            f"{attrs.get('parent') if attrs.get('parent') is not None else '-'}, operators {ops}"
-            + (f" x{attrs['steplen']}" if attrs.get("steplen") else "")
+            f"Strategy {record.strategy or '?'}, step {'?' if record.step is None else record.step}, parent trial "
+            f"{record.parent if record.parent is not None else '-'}, operators {ops}"
+            + (f" x{record.steplen}" if record.steplen else "")
             + "."
         )
     lines += ["", "## Files", ""]
