@@ -147,7 +147,7 @@ def worker_cmd(
 ) -> None:
     """Train queued candidates of a search until it finishes (run it on any machine)."""
 
-    from scaler.search.run import run_worker
+    from scaler.search.worker import run_worker
 
     def log(message: str) -> None:
         if not quiet:

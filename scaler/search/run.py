@@ -33,14 +33,15 @@ from scaler.search.run_folder import WEIGHTS_DIR, check_run_dir, exclusive, writ
 from scaler.search.space import SearchSpace
 from scaler.search.store import RunStore, distributions, open_storage
 from scaler.search.strategies import Decision, SearchContext, Strategy, make_strategy, strategy_class
-from scaler.search.worker import POLL_S, evaluate_claim, run_worker, start_local_workers
+from scaler.search.worker import POLL_S, evaluate_claim, start_local_workers
 
-# evaluate_claim and run_worker are re-exported: callers found them here before workers had a module.
-__all__ = ["SearchSummary", "evaluate_claim", "run_search", "run_worker"]
+__all__ = ["SearchSummary", "run_search"]
 
 
 @dataclasses.dataclass
 class SearchSummary:
+    """What one search session did: why it stopped, its trials, and where its time went (seconds)."""
+
     run_dir: Path
     study_name: str
     strategy: str

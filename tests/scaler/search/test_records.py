@@ -23,7 +23,7 @@ from scaler.search.space import SpaceError, load_space
 from scaler.search.store import open_run
 from scaler.search.strategies.greedy import GreedyStrategy, StepDecision, StepPlan
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "results" / "reference" / "lpsnet_demo"
 TINY = get_arch("lpsnet_tiny")
 

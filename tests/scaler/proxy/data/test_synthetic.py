@@ -25,7 +25,7 @@ from scaler.proxy.data.synthetic import (
 
 POLE, PERSON = CLASS_NAMES.index("pole"), CLASS_NAMES.index("person")
 SMALL = SyntheticOptions(height=64, width=128, train=6, val=4)
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[5]
 
 
 @pytest.fixture(scope="module")

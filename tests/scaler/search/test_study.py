@@ -32,7 +32,7 @@ from scaler.search.run_folder import ARTIFACTS_DIR, JOURNAL_NAME
 from scaler.search.space import load_space
 from scaler.search.store import METRIC_NAMES, RunStore, distributions, open_run, open_storage
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REFERENCE_RUN = REPO / "results" / "reference" / "lpsnet_demo"
 
 SPACE = """\

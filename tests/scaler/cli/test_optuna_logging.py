@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from scaler.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_importing_the_search_library_keeps_the_callers_optuna_level():

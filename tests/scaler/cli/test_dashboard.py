@@ -23,7 +23,7 @@ from scaler.report.outputs import write_run_outputs
 from scaler.search.artifacts import study_artifacts, trial_artifacts
 from scaler.search.run_folder import ARTIFACTS_DIR
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 90.0  # importing torch and the models on a loaded 2-core CI machine
 
 

@@ -8,7 +8,7 @@ from models import get_arch
 from scaler.search.expand import PAPER_OPERATORS
 from scaler.search.space import SpaceError, load_space, space_from_dict
 
-SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
 
 MINIMAL = """\
 name: t

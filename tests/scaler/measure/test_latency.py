@@ -477,7 +477,7 @@ def _latency_records(obj):
 
 
 def test_committed_runs_keep_their_fingerprint_hashes_and_cache_keys():
-    journals = sorted((Path(__file__).resolve().parents[2] / "results" / "reference").glob("*/study.journal"))
+    journals = sorted((Path(__file__).resolve().parents[3] / "results" / "reference").glob("*/study.journal"))
     records = [r for j in journals for line in j.read_text().splitlines() for r in _latency_records(json.loads(line))]
     assert len(journals) == 3 and len(records) >= 60
     for r in records:
@@ -532,7 +532,7 @@ def test_concurrent_writers_do_not_corrupt_the_cache(tmp_path):
     src = tmp_path / "result.json"
     src.write_text(json.dumps(result.to_dict()))
     root = tmp_path / "shared-cache"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     procs = [
         subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(src), tag], env=env, stderr=subprocess.PIPE)
         for tag in ("a", "b")
