@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from models import list_models, resolve_arch
-from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
+from scaler.cli.main import ARCH_HELP, HxW, classes_option, emit_json, main
 from scaler.measure.settings import (
     BACKENDS,
     DEFAULT_MAX_OTHERS_SHARE,
@@ -40,12 +40,7 @@ from scaler.measure.settings import (
 @click.option("--channels-last", is_flag=True, help="Run the torch backends in channels_last memory format.")
 @click.option("--with-upsample", is_flag=True, help="Time the final upsample to the input size too (default: not).")
 @click.option("--train-form", is_flag=True, help="Time the train form (BatchNorm, eval mode), not the deploy form.")
-@click.option(
-    "--classes",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Number of classes (default: the architecture's own, 19 for the named models).",
-)
+@classes_option
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first."
 )

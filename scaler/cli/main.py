@@ -11,7 +11,15 @@ import click
 from scaler import __version__
 from scaler.errors import USER_ERRORS
 
-__all__ = ["ARCH_HELP", "HxW", "ScalerGroup", "emit_json", "main", "quiet_optuna"]
+__all__ = ["ARCH_HELP", "HxW", "ScalerGroup", "classes_option", "emit_json", "main", "quiet_optuna"]
+
+# For every command that takes an ARCH and may change its class count.
+classes_option = click.option(
+    "--classes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of classes (default: the architecture's own, 19 for the named models).",
+)
 
 ARCH_HELP = (
     "ARCH is a registered name (see 'scaler models'; NAME+fusion or NAME+denseclip adds a language-guided "

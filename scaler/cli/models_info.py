@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from models import describe_model, get_arch, list_models, resolve_arch
-from scaler.cli.main import ARCH_HELP, HxW, emit_json, main
+from scaler.cli.main import ARCH_HELP, HxW, classes_option, emit_json, main
 
 
 @main.command("models")
@@ -42,12 +42,7 @@ def models_cmd(as_json: bool) -> None:
     show_default=True,
     help="Image size HxW the MACs are counted at.",
 )
-@click.option(
-    "--classes",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Number of classes (default: the architecture's own, 19 for the named models).",
-)
+@classes_option
 @click.option(
     "--flops-backend",
     type=click.Choice(["aten", "pytorch"]),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaler.report.table import int_or_none
+from scaler.search.record import int_or_none
 from scaler.search.store import RunStore
 from scaler.search.strategies.greedy import GreedyStrategy, StepDecision
 

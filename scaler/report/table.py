@@ -13,7 +13,7 @@ import pandas as pd
 
 from scaler.search.store import RunStore
 
-__all__ = ["TRIAL_COLUMNS", "finite", "int_or_none", "operator_dimension", "trials_frame"]
+__all__ = ["TRIAL_COLUMNS", "finite", "operator_dimension", "trials_frame"]
 
 TRIAL_COLUMNS = [
     "number",
@@ -73,16 +73,6 @@ def operator_dimension(operators: Iterable[str], kinds: dict[str, str] | None = 
 def _operator_kinds(store: RunStore) -> dict[str, str]:
     ops = (store.get("space") or {}).get("operators") or []
     return {op["name"]: op["kind"] for op in ops if isinstance(op, dict) and "name" in op and "kind" in op}
-
-
-def int_or_none(value: Any) -> int | None:
-    """``value`` as an int, or ``None`` when it is missing, a bool or not a number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:

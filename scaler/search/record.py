@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import LPSNetArch, SegArch, arch_from_dict
 
-__all__ = ["Attr", "TrialKind", "TrialRecord"]
+__all__ = ["Attr", "TrialKind", "TrialRecord", "int_or_none"]
 
 
 class Attr:
@@ -67,7 +67,8 @@ class TrialKind(str, enum.Enum):
     REFERENCE = "reference"
 
 
-def _int(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """``value`` as an int, or ``None`` when it is missing, a bool or not a number."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -250,16 +251,16 @@ class TrialRecord:
         return cls(
             arch=arch_from_dict(a[Attr.ARCH], source=f"trial {number}"),
             strategy=a.get(Attr.STRATEGY),
-            step=_int(a.get(Attr.STEP)),
-            parent=_int(a.get(Attr.PARENT)),
+            step=int_or_none(a.get(Attr.STEP)),
+            parent=int_or_none(a.get(Attr.PARENT)),
             operators=tuple(str(o) for o in a.get(Attr.OPERATORS) or ()),
-            steplen=_int(a.get(Attr.STEPLEN)),
+            steplen=int_or_none(a.get(Attr.STEPLEN)),
             target_ms=_float(a.get(Attr.TARGET_MS)),
             latency=a.get(Attr.LATENCY) if isinstance(a.get(Attr.LATENCY), Mapping) else None,
             train=a.get(Attr.TRAIN) if isinstance(a.get(Attr.TRAIN), Mapping) else None,
             fail_reason=a.get(Attr.FAIL_REASON),
             over_budget=bool(a.get(Attr.OVER_BUDGET, False)),
-            retry_of=_int(a.get(Attr.RETRY_OF)),
+            retry_of=int_or_none(a.get(Attr.RETRY_OF)),
             reference=a.get(Attr.REFERENCE),
             weights=a.get(Attr.WEIGHTS),
             sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),
