@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,7 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         OSError: The folder cannot be written; nothing is left behind.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp(path)
     try:
         yield tmp
         if fsync:
@@ -68,6 +66,19 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
     """Replace ``path``'s content with ``text`` (UTF-8) atomically (see :func:`atomic_path`). Returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def _new_temp(path: Path) -> Path:
+    # Not tempfile.mkstemp: its files are private (0600), and a run folder's tables and plots are
+    # meant to be read by whoever may read the folder; os.open's 0o666 follows the user's umask.
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def _fsync_dir(folder: Path) -> None:
