@@ -90,13 +90,15 @@ def test_resume_after_kill_9_during_training(tmp_path):
             store = open_run(run_dir)
             done = [t for t in store.trials() if t.state == TrialState.COMPLETE]
             running = [t for t in store.trials() if t.state == TrialState.RUNNING]
-            # Kill in the middle of a training, after a few evaluations finished.
+            # Kill in the middle of a training, after a few evaluations finished: a while into it, and
+            # only if it is still training then (a short training may end within the wait).
             if len(done) >= 3 and running:
                 time.sleep(0.3)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                killed_number = running[0].number
-                break
+                if open_run(run_dir).trials()[running[0].number].state == TrialState.RUNNING:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    killed_number = running[0].number
+                    break
         time.sleep(0.2)
     assert killed_number is not None, "the search finished or stalled before it could be killed"
     before = open_run(run_dir)
