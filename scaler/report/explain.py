@@ -225,6 +225,7 @@ def _explain_step(
                 parent_ms,
                 parent_miou,
                 floor_ms,
+                plan.rounds,
                 winner=decision is not None and number is not None and number == decision.winner,
             )
         )
@@ -232,19 +233,8 @@ def _explain_step(
     confidence = plan.confidence if plan.confidence is not None else (decision.confidence if decision else None)
     if decision is None:
         certainty = "not decided yet" if plan.candidates else "no candidates"
-    elif not plan.paired:
-        certainty = "unknown (no paired measurement)"
-    elif decision.winner is None:
-        certainty = "no winner (mIoU gains are exact: training is deterministic)"
-    elif sure:
-        alone = len([r for r in rows if r.slope is not None]) < 2
-        certainty = f"sure at {confidence:.0%}: " + ("the only candidate" if alone else "apart from the runner-up")
     else:
-        low, high = decision.overlap or (math.nan, math.nan)
-        certainty = (
-            f"not sure: the {confidence:.0%} intervals of the best two overlap over {100 * low:.4g} to "
-            f"{100 * high:.4g} points/ms; the point estimate decided"
-        )
+        certainty = decision.certainty()
     return StepExplanation(
         step=plan.step,
         parent=plan.parent,
@@ -275,6 +265,7 @@ def _explain_candidate(
     parent_ms: float | None,
     parent_miou: float | None,
     floor_ms: float,
+    step_rounds: int | None,
     *,
     winner: bool,
 ) -> CandidateExplanation:
@@ -299,6 +290,8 @@ def _explain_candidate(
         low = high = rounds = None
         if delta is not None and delta < 0:
             notes.append("faster than its parent, unchecked")
+    if rounds is not None and step_rounds is not None and rounds != step_rounds:
+        notes.append(f"latency gain from {rounds} rounds")
     if delta is not None and delta < floor_ms and miou is not None:
         notes.append(f"below the noise floor: counted as +{floor_ms:g} ms")
     return CandidateExplanation(

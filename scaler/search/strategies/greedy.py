@@ -342,13 +342,6 @@ class GreedyStrategy(Strategy):
             best = estimates[winner]
             interval = _points(best.slope_low, best.slope_high)
             reason = f"best mIoU gain per ms: {100 * best.slope:.4g} points/ms ({interval})"
-            if overlap is not None:
-                reason += (
-                    f"; not sure: its {g.confidence:.0%} interval overlaps #{ranked[1]}'s over {_points(*overlap)} "
-                    f"after {rounds} paired rounds, so the point estimate decided"
-                )
-            elif len(ranked) > 1:
-                reason += f"; sure at {g.confidence:.0%}: apart from the runner-up #{ranked[1]}"
         decision = StepDecision(
             step=step,
             parent=parent.number,
@@ -360,6 +353,7 @@ class GreedyStrategy(Strategy):
             sure=overlap is None,
             confidence=g.confidence,
             overlap=overlap,
+            runner_up=ranked[1] if winner is not None and len(ranked) > 1 else None,
             actions=tuple(actions),
         )
         for line in actions:
@@ -376,7 +370,10 @@ class GreedyStrategy(Strategy):
                 )
             rows.append(f"#{t.number} {'+'.join(t.operators)} x{t.steplen}: {numbers}")
         ctx.log(f"step {step} decided: " + "; ".join(rows))
-        ctx.log(f"step {step} winner: " + (f"#{winner} ({reason})" if winner is not None else f"none ({reason})"))
+        ctx.log(
+            f"step {step} winner: "
+            + (f"#{winner} ({reason}; {decision.certainty()})" if winner is not None else f"none ({reason})")
+        )
         return decision
 
     def _decide_by_points(

@@ -339,6 +339,8 @@ class StepDecision:
             was not paired, so nothing is known of its certainty).
         confidence: Coverage of the intervals.
         overlap: When not sure: the slopes both the winner's and the runner-up's intervals hold.
+        runner_up: The candidate with the second-best slope, which the winner was judged against
+            (paired steps with a winner and more than one compared candidate).
         actions: What was done to decide beyond the method's steps (more paired rounds), one line each.
     """
 
@@ -352,11 +354,30 @@ class StepDecision:
     sure: bool | None = None
     confidence: float | None = None
     overlap: tuple[float, float] | None = None
+    runner_up: int | None = None
     actions: tuple[str, ...] = ()
 
     @property
     def winner_slope(self) -> float | None:
         return None if self.winner is None else self.slopes.get(self.winner)
+
+    def certainty(self) -> str:
+        """How sure the decision was, in words."""
+        if self.sure is None:
+            return "unknown (no paired measurement)"
+        if self.winner is None:
+            return "no winner (mIoU gains are exact: training is deterministic)"
+        level = f"{self.confidence or 0:.0%}"
+        if self.runner_up is None:
+            return f"sure at {level}: the only candidate compared"
+        if self.sure or self.overlap is None:
+            return f"sure at {level}: apart from the runner-up #{self.runner_up}"
+        estimate = self.estimates.get(self.winner)
+        rounds = f" after {estimate.rounds} paired rounds" if estimate is not None else ""
+        return (
+            f"not sure: its {level} interval overlaps the runner-up #{self.runner_up}'s over "
+            f"{100 * self.overlap[0]:.4g} to {100 * self.overlap[1]:.4g} points/ms{rounds}; the point estimate decided"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -373,6 +394,7 @@ class StepDecision:
                 sure=self.sure,
                 confidence=self.confidence,
                 overlap=None if self.overlap is None else list(self.overlap),
+                runner_up=self.runner_up,
             )
         if self.actions:
             out["actions"] = list(self.actions)
@@ -392,5 +414,6 @@ class StepDecision:
             sure=None if d.get("sure") is None else bool(d["sure"]),
             confidence=None if d.get("confidence") is None else float(d["confidence"]),
             overlap=None if overlap is None else (float(overlap[0]), float(overlap[1])),
+            runner_up=None if d.get("runner_up") is None else int(d["runner_up"]),
             actions=tuple(str(a) for a in d.get("actions") or ()),
         )

@@ -142,7 +142,11 @@ def test_the_paired_pass_gives_the_trials_their_latencies_and_the_budget_its_num
         0.02 / est.delta_low
     )
     assert step.slopes == {1: est.slope, 2: step.estimates[2].slope}
-    assert "sure at 90%: apart from the runner-up #2" in step.reason
+    assert step.runner_up == 2 and step.certainty() == "sure at 90%: apart from the runner-up #2"
+    assert step.reason == (
+        f"best mIoU gain per ms: {100 * est.slope:.4g} points/ms "
+        f"({100 * est.slope_low:.4g} to {100 * est.slope_high:.4g} points/ms)"
+    )
 
 
 def test_the_slope_interval_keeps_the_noise_floor_at_both_ends():
@@ -184,7 +188,7 @@ def test_overlapping_contenders_get_more_rounds_until_they_part():
         f"#2 and #1: slope intervals overlapped ({100 * first[1].slope_low:.4g} to {100 * first[2].slope_high:.4g} "
         "points/ms); timed both with the parent again in 30 paired rounds",
     )
-    assert step.reason.endswith("; sure at 90%: apart from the runner-up #2")
+    assert step.certainty() == "sure at 90%: apart from the runner-up #2"
     assert done.reason == "step limit reached (1 steps)"
 
 
@@ -204,8 +208,11 @@ def test_contenders_that_stay_overlapping_are_decided_by_the_point_estimate_and_
         max(step.estimates[best].slope_low, other.slope_low),
         min(step.estimates[best].slope_high, other.slope_high),
     )
-    assert f"not sure: its 90% interval overlaps #{3 - best}'s over " in step.reason
-    assert step.reason.endswith("after 60 paired rounds, so the point estimate decided")
+    assert step.runner_up == 3 - best
+    assert step.certainty() == (
+        f"not sure: its 90% interval overlaps the runner-up #{3 - best}'s over {100 * low:.4g} to "
+        f"{100 * high:.4g} points/ms after 60 paired rounds; the point estimate decided"
+    )
     assert len(step.actions) == 2 and "60 paired rounds" in step.actions[1]
     # The record keeps it all, and reads back as written.
     assert StepDecision.from_dict(ctx.get("step_1")) == step and step.to_dict() == ctx.get("step_1")
@@ -334,6 +341,7 @@ def test_without_a_paired_measurement_the_step_decides_by_points_as_the_method_d
     assert step.sure is None and step.estimates == {} and step.winner == 1
     assert step.slopes == {1: pytest.approx(0.04), 2: pytest.approx(0.02)}
     assert step.reason == "best mIoU gain per ms: 4 points/ms"
+    assert step.certainty() == "unknown (no paired measurement)"
 
 
 def test_the_paired_options_are_validated_and_left_out_of_the_stored_space_at_their_defaults():
