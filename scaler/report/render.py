@@ -251,7 +251,8 @@ def _explain_step(s: StepExplanation) -> list[str]:
     parent_ms = "-" if s.parent_latency_ms is None else f"{s.parent_latency_ms:.3f} ms"
     parent_miou = "-" if s.parent_miou is None else f"mIoU {100 * s.parent_miou:.2f}"
     target = "-" if s.target_ms is None else f"{s.target_ms:.3f} ms"
-    lines = [f"step {s.step}: parent #{s.parent} ({parent_ms}, {parent_miou}); target {target}"]
+    where = " timed with its candidates" if s.paired else ""
+    lines = [f"step {s.step}: parent #{s.parent} ({parent_ms}{where}, {parent_miou}); target {target}"]
     if s.paired:
         others = "" if s.others_cpu_share is None else f"; other processes used {s.others_cpu_share:.0%} of the CPUs"
         lines.append(f"  timed with its parent in {s.rounds} paired rounds{others}")
