@@ -5,6 +5,7 @@ The CLI prints what these functions return; ``--json`` prints the records' ``to_
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,12 @@ if TYPE_CHECKING:  # the records rendered here; importing them would load torch-
     from scaler.measure import LatencyResult
     from scaler.measure.complexity import Complexity
     from scaler.proxy.train import TrainConfig, TrainResult
+    from scaler.report.explain import CandidateExplanation, RunExplanation, StepExplanation
     from scaler.report.export import ExportResult
     from scaler.search.run import SearchSummary
 
 __all__ = [
+    "format_explain",
     "format_export",
     "format_frontier",
     "format_info",
@@ -224,3 +227,70 @@ def format_export(result: ExportResult, run_dir: str | Path) -> str:
     if any(f in r.files for f in ("onnx", "torchscript")):
         lines.append(f"  {'weights':<12} {r.weights}")
     return "\n".join(lines)
+
+
+def format_explain(ex: RunExplanation) -> str:
+    """``scaler explain``: per greedy step, every candidate's gains and slope (with intervals when the
+    step was paired), the winner, how sure the decision was, and what was done to make it."""
+    head = f"{ex.run_dir}: strategy {ex.strategy or '?'}" + (f", {ex.status}" if ex.status else "")
+    if ex.stop_reason:
+        head += f" ({ex.stop_reason})"
+    if not ex.steps:
+        return head + "\nno greedy steps recorded: nothing to explain (only the greedy strategy records its decisions)"
+    lines = [
+        head,
+        "Each candidate against its step's parent: latency gain (ms), mIoU gain (points) and slope (mIoU points",
+        "gained per ms added; the largest wins, * marks it). [low, high]: intervals from the paired rounds.",
+    ]
+    for step in ex.steps:
+        lines += ["", *_explain_step(step)]
+    return "\n".join(lines)
+
+
+def _explain_step(s: StepExplanation) -> list[str]:
+    parent_ms = "-" if s.parent_latency_ms is None else f"{s.parent_latency_ms:.3f} ms"
+    parent_miou = "-" if s.parent_miou is None else f"mIoU {100 * s.parent_miou:.2f}"
+    target = "-" if s.target_ms is None else f"{s.target_ms:.3f} ms"
+    where = " timed with its candidates" if s.paired else ""
+    lines = [f"step {s.step}: parent #{s.parent} ({parent_ms}{where}, {parent_miou}); target {target}"]
+    if s.paired:
+        others = "" if s.others_cpu_share is None else f"; other processes used {s.others_cpu_share:.0%} of the CPUs"
+        lines.append(f"  timed with its parent in {s.rounds} paired rounds{others}")
+    else:
+        lines.append("  no paired measurement: point values from single measurements, each in its own time window")
+    if s.dropped_over_budget:
+        lines.append(f"  {s.dropped_over_budget} candidates over the latency budget, dropped")
+    if s.candidates:
+        width = 28 if s.paired else 11
+        lines.append(
+            f"  {'':1} {'trial':>5}  {'grew':<22} {'ms':>7}  {'Δlatency ms':<{width}} {'ΔmIoU':>6}  slope points/ms"
+        )
+        lines += [_explain_candidate(c, s.paired, width) for c in s.candidates]
+    if s.decided:
+        verdict = f"#{s.winner}" if s.winner is not None else "none, the search stopped here"
+        lines.append(f"  winner     {verdict}: {s.reason}")
+        lines.append(f"  certainty  {s.certainty}")
+    else:
+        lines.append(f"  {s.certainty}" + (f": {s.reason}" if s.reason else ""))
+    lines += [f"  did        {a}" for a in s.actions]
+    return lines
+
+
+def _explain_candidate(c: CandidateExplanation, paired: bool, width: int) -> str:
+    trial = "-" if c.trial is None else str(c.trial)
+    grew = f"{'+'.join(c.operators)} x{c.steplen}"
+    ms = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
+    delta = "-" if c.delta_ms is None else f"{c.delta_ms:+.3f}"
+    if paired and c.delta_ms is not None:
+        delta += f" [{_end(c.delta_low, '+.3f')}, {_end(c.delta_high, '+.3f')}]"
+    gain = "-" if c.miou_gain is None else f"{100 * c.miou_gain:+.2f}"
+    slope = "-" if c.slope is None else f"{100 * c.slope:.4g}"
+    if c.slope_low is not None and c.slope_high is not None:
+        slope += f" [{100 * c.slope_low:.4g}, {100 * c.slope_high:.4g}]"
+    notes = f"  [{'; '.join(c.notes)}]" if c.notes else ""
+    return f"  {'*' if c.winner else ' '} {trial:>5}  {grew:<22} {ms:>7}  {delta:<{width}} {gain:>6}  {slope}{notes}"
+
+
+def _end(x: float | None, spec: str) -> str:
+    """An interval end; an unbounded one (too few rounds) is written as such."""
+    return "unbounded" if x is None or not math.isfinite(x) else format(x, spec)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,24 @@ from scaler.search.store import RunStore, distributions, open_storage
 from scaler.search.strategies import Decision, SearchContext, Strategy, make_strategy, strategy_class
 from scaler.search.worker import POLL_S, evaluate_claim, start_local_workers
 
-__all__ = ["SearchSummary", "run_search"]
+__all__ = ["SearchSummary", "measure_paired", "run_search"]
+
+
+def measure_paired(archs: Sequence[LPSNetArch], settings: Any, **options: Any) -> Any:
+    """:func:`scaler.measure.paired.measure_paired`, imported when a step first times its candidates together.
+
+    Imported here rather than at the top so that the search module loads where the paired
+    measurement is not installed yet; tests replace this name with a seeded fake.
+    """
+    from scaler.measure.paired import measure_paired as measure
+
+    return measure(archs, settings, **options)
+
+
+def _group_seed(archs: Sequence[LPSNetArch], rounds: int) -> int:
+    """The shuffling seed of one paired pass: the same networks and rounds always get the same order."""
+    key = ",".join(a.arch_hash() for a in archs) + f":{rounds}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 @dataclasses.dataclass
@@ -130,9 +148,9 @@ def run_search(
         cache = latency_cache if latency_cache is not None else LatencyCache()
         timings = {"latency": 0.0, "train": 0.0}
 
-        def latency(arch: LPSNetArch) -> dict[str, Any]:
+        def latency(arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
             t = time.perf_counter()
-            result = measure_latency(arch, space.latency, cache=cache)
+            result = measure_latency(arch, space.latency, cache=cache, refresh=refresh)
             timings["latency"] += time.perf_counter() - t
             d = result.to_dict()
             d.pop("samples_ms", None)
@@ -144,10 +162,27 @@ def run_search(
                 )
             return d
 
+        def paired(archs: Sequence[LPSNetArch], rounds: int) -> Any:
+            t = time.perf_counter()
+            try:
+                result = measure_paired(
+                    list(archs), space.latency, rounds=rounds, seed=_group_seed(archs, rounds), cache=cache
+                )
+            finally:
+                timings["latency"] += time.perf_counter() - t
+            if result.under_load:
+                share = "" if result.others_cpu_share is None else f" ({result.others_cpu_share:.0%} of the CPUs)"
+                log(
+                    f"warning: {len(archs)} networks were timed together while other processes used the machine"
+                    f"{share}, even after waiting for them; their latencies are likely inflated (their differences "
+                    "less so: every network shared the window)"
+                )
+            return result
+
         _warn_if_busy(space, log)
         bars = SearchBars(space, strategy_cls, progress)
         log = functools.partial(bars.write, log)
-        ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log)
+        ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log, paired=paired)
         strat = make_strategy(strategy, space, seed=seed, batch=max(1, workers))
         dists = distributions(space.constraints)
         weights_dir = run_dir / WEIGHTS_DIR if keep_weights else None

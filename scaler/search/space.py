@@ -65,16 +65,46 @@ class GreedySettings:
         max_steplen: Most times one operator is applied in one step.
         noise_floor_ms: Latency differences smaller than this are treated as this in the slope
             (the measurement cannot tell them apart from zero).
+        paired_rounds: Rounds of the paired pass that times a step's parent and candidates together
+            (each round runs every network once, in a shuffled order).
+        max_paired_rounds: Most rounds a step spends telling two close candidates apart (or
+            re-measuring a candidate timed faster than its parent).
+        confidence: Coverage of the latency-gain and slope intervals a decision is judged by.
+
+    The paired options are left out of :meth:`to_dict` while at their defaults, so the stored space
+    of a run made before they existed reads the same (it resumes unchanged).
     """
 
     max_steplen: int = 32
     noise_floor_ms: float = 0.05
+    paired_rounds: int = 15
+    max_paired_rounds: int = 60
+    confidence: float = 0.9
 
     def __post_init__(self) -> None:
         if self.max_steplen < 1:
             raise ValueError(f"max_steplen must be >= 1, got {self.max_steplen}")
         if not self.noise_floor_ms > 0:
             raise ValueError(f"noise_floor_ms must be > 0, got {self.noise_floor_ms}")
+        if self.paired_rounds < 5:
+            raise ValueError(f"paired_rounds must be >= 5 (fewer give no useful interval), got {self.paired_rounds}")
+        if self.max_paired_rounds < self.paired_rounds:
+            raise ValueError(
+                f"max_paired_rounds ({self.max_paired_rounds}) must be >= paired_rounds ({self.paired_rounds})"
+            )
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), such as 0.9; got {self.confidence}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form; the options added with paired measurement only when set to another value."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in _PAIRED_OPTIONS and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+
+_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +146,7 @@ class SearchSpace:
             "latency": jsonable(latency),
             "training": jsonable(training),
             "stopping": dataclasses.asdict(self.stopping),
-            "greedy": dataclasses.asdict(self.greedy),
+            "greedy": self.greedy.to_dict(),
             **({"references": list(self.references)} if self.references else {}),
         }
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from paired_standin import FakePaired
 from stripes import Stripes
 
 import scaler.search.run as search_mod
@@ -138,6 +139,7 @@ def test_search_and_export_with_a_fusion_head(tmp_path, monkeypatch):
             sum(arch.depth) * 0.1 + sum(arch.width) * 0.01 + 4 * sum(r * r for r in arch.resolution)
         ),
     )
+    monkeypatch.setattr(search_mod, "measure_paired", FakePaired())  # the same model, timed together
     names = list(open_dataset(SYNTHETIC, "val", seed=0).info.class_names)
     encoder = _embeddings_file(tmp_path, names)
     space = load_space(_space_file(tmp_path, f"{{kind: fusion, dim: 16, heads: 2, text_encoder: '{encoder}'}}"))

@@ -14,6 +14,8 @@ import pkgutil
 
 from scaler.search.strategies.base import (
     Decision,
+    MeasureLatency,
+    PairedTiming,
     SearchContext,
     Strategy,
     TrialRecord,
@@ -24,21 +26,34 @@ from scaler.search.strategies.base import (
     search_trials,
     strategy_class,
 )
-from scaler.search.strategies.greedy import GreedyStrategy, PlanCandidate, StepDecision, StepPlan
+from scaler.search.strategies.greedy import GreedyStrategy
+from scaler.search.strategies.greedy_steps import (
+    PairedLatency,
+    PlanCandidate,
+    SlopeEstimate,
+    StepDecision,
+    StepPlan,
+    TargetCheck,
+)
 from scaler.search.strategies.samplers import NSGA2Strategy, RandomStrategy, SamplerStrategy, TPEStrategy
 
 __all__ = [
     "Decision",
     "GreedyStrategy",
+    "MeasureLatency",
     "NSGA2Strategy",
+    "PairedLatency",
+    "PairedTiming",
     "PlanCandidate",
     "RandomStrategy",
     "SamplerStrategy",
     "SearchContext",
+    "SlopeEstimate",
     "StepDecision",
     "StepPlan",
     "Strategy",
     "TPEStrategy",
+    "TargetCheck",
     "TrialRecord",
     "latest_by_hash",
     "list_strategies",

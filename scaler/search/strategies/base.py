@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from models import LPSNetArch
 from scaler.errors import UserError
@@ -24,6 +24,8 @@ from scaler.search.space import SearchSpace
 
 __all__ = [
     "Decision",
+    "MeasureLatency",
+    "PairedTiming",
     "SearchContext",
     "Strategy",
     "TrialRecord",
@@ -61,15 +63,56 @@ class Decision:
         return cls("done", reason=reason)
 
 
+class MeasureLatency(Protocol):
+    """A (cached) single latency measurement: the statistics of ``LatencyResult.to_dict()``, without samples."""
+
+    def __call__(self, arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
+        """Measure ``arch`` (from the cache when it holds it, unless ``refresh``)."""
+        ...
+
+
+class PairedTiming(Protocol):
+    """What a strategy reads of a paired pass (:class:`scaler.measure.paired.PairedResult`): several
+    networks timed together in interleaved rounds, index 0 the reference (the parent)."""
+
+    @property
+    def rounds(self) -> int: ...
+
+    @property
+    def others_cpu_share(self) -> float | None: ...
+
+    @property
+    def under_load(self) -> bool: ...
+
+    def median_ms(self, i: int) -> float: ...
+
+    def rel_spread(self, i: int) -> float: ...
+
+    def delta_ms(self, i: int, j: int = 0, confidence: float = 0.9) -> tuple[float, float, float]: ...
+
+    def latency_record(self, i: int) -> Mapping[str, Any]: ...
+
+
 @dataclasses.dataclass
 class SearchContext:
-    """What a strategy may use: the space, a (cached) latency measurement, the run's key-value records."""
+    """What a strategy may use: the space, latency measurements, the run's key-value records, a log.
+
+    Args:
+        space: The search space.
+        latency: One network's (cached) latency; ``refresh=True`` measures again and replaces the entry.
+        get: Reads a run record (``None`` when absent).
+        put: Writes a run record.
+        log: Receives one-line messages for the user.
+        paired: Times several networks together, ``paired(archs, rounds)``, index 0 the reference;
+            ``None`` where it is not available (a strategy then decides from single measurements).
+    """
 
     space: SearchSpace
-    latency: Callable[[LPSNetArch], dict[str, Any]]
+    latency: MeasureLatency
     get: Callable[[str], Any]
     put: Callable[[str, Any], None]
     log: Callable[[str], None] = lambda message: None
+    paired: Callable[[Sequence[LPSNetArch], int], PairedTiming] | None = None
 
     def latency_ms(self, arch: LPSNetArch) -> float:
         return float(self.latency(arch)["median_ms"])

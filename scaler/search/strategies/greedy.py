@@ -1,9 +1,29 @@
-"""Greedy progressive expansion, as the method defines it (see :mod:`scaler.search.expand`).
+"""Greedy progressive expansion, as the method defines it (see :mod:`scaler.search.expand`), deciding
+from latencies timed side by side and keeping what it knows of their uncertainty.
 
-Each step is recorded in the run twice, as typed records with a stable JSON form: the
-:class:`StepPlan` (``plan_<s>``: the candidates with their operators, steplen and latency, written
-when proposed) and the :class:`StepDecision` (``step_<s>``: every candidate's slope, the winner, and
-why). A resumed search reuses both, and the report reads them back with :meth:`GreedyStrategy.steps`.
+A step, as this strategy takes it:
+
+1. each operator grows the parent to the step's target, with quick single (cached) measurements.
+   When no other grown candidate comes near the target (every one under ``OUTLIER_RATIO`` of it),
+   the measurement that set the target is taken for an outlier: it is measured again without the
+   cache and the step planned again with that number, before any candidate is queued;
+2. the parent and every grown candidate are timed together in one paired pass
+   (:attr:`SearchContext.paired`: interleaved rounds, the same machine state for all). Each
+   candidate's latency, and its latency gain over the parent with an interval, come from that pass,
+   and the latency budget is checked against them. A candidate timed faster than its parent beyond
+   noise (its whole interval below 0) is timed again with more rounds, and flagged if it stays so;
+3. the workers train the candidates; each one's slope is (mIoU gain) / (latency gain), with the
+   interval its latency gain's interval allows (:class:`SlopeEstimate`, which explains the noise floor);
+4. when the best and the second-best slope's intervals overlap, those two are timed with the parent
+   again with twice the rounds, up to ``greedy.max_paired_rounds``; if they still overlap, the
+   point estimate decides and the decision is recorded as not sure, with the overlap.
+
+Each step is recorded in the run twice (:mod:`~scaler.search.strategies.greedy_steps`): its
+:class:`StepPlan` (``plan_<s>``, written when proposed) and its :class:`StepDecision` (``step_<s>``).
+A resumed search reuses both and never measures or decides a recorded step again; the report reads
+them back with :meth:`GreedyStrategy.plans` and :meth:`GreedyStrategy.steps`. Without a paired
+measurement (``ctx.paired`` is ``None``; every run made before it) a step uses the quick
+measurements and decides by the point slopes alone, as the method does.
 """
 
 from __future__ import annotations
@@ -13,9 +33,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from models import LPSNetArch
-from scaler.search.expand import Scored, propose_step, select_next
+from scaler.search.expand import Candidate, Scored, apply_operator, propose_step, select_next
 from scaler.search.strategies.base import (
     Decision,
+    PairedTiming,
     SearchContext,
     Strategy,
     TrialRecord,
@@ -23,130 +44,32 @@ from scaler.search.strategies.base import (
     register_strategy,
     search_trials,
 )
+from scaler.search.strategies.greedy_steps import (
+    PairedLatency,
+    PlanCandidate,
+    SlopeEstimate,
+    StepDecision,
+    StepPlan,
+    TargetCheck,
+)
 
-__all__ = ["GreedyStrategy", "PlanCandidate", "StepDecision", "StepPlan"]
+__all__ = [
+    "OUTLIER_RATIO",
+    "GreedyStrategy",
+    "PairedLatency",
+    "PlanCandidate",
+    "SlopeEstimate",
+    "StepDecision",
+    "StepPlan",
+    "TargetCheck",
+]
 
 _PLAN_KEY = "plan_{}"
 _STEP_KEY = "step_{}"
 
-
-@dataclasses.dataclass(frozen=True)
-class PlanCandidate:
-    """One candidate of a step's plan: the grown architecture and how it was grown."""
-
-    arch: LPSNetArch
-    arch_hash: str
-    operators: tuple[str, ...]
-    steplen: int
-    latency_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "arch": self.arch.to_dict(),
-            "arch_hash": self.arch_hash,
-            "operators": list(self.operators),
-            "steplen": self.steplen,
-            "latency_ms": self.latency_ms,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PlanCandidate:
-        return cls(
-            arch=LPSNetArch.from_dict(d["arch"]),
-            arch_hash=str(d["arch_hash"]),
-            operators=tuple(d.get("operators") or ()),
-            steplen=int(d["steplen"]),
-            latency_ms=float(d["latency_ms"]),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """What step ``step`` proposes from its parent: the candidates within the budget, or why none.
-
-    Args:
-        step: The step (1 = the first expansion of the start network).
-        parent: Trial number of the parent.
-        target_ms: The step's target latency (``None`` when nothing could grow).
-        reason: Why the plan is empty; ``""`` otherwise.
-        dropped_over_budget: Candidates left out for being over the latency budget.
-        candidates: The candidates to evaluate.
-    """
-
-    step: int
-    parent: int
-    target_ms: float | None
-    reason: str
-    dropped_over_budget: int
-    candidates: tuple[PlanCandidate, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "parent": self.parent,
-            "target_ms": self.target_ms,
-            "reason": self.reason,
-            "dropped_over_budget": self.dropped_over_budget,
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StepPlan:
-        return cls(
-            step=int(d["step"]),
-            parent=int(d["parent"]),
-            target_ms=None if d.get("target_ms") is None else float(d["target_ms"]),
-            reason=str(d.get("reason") or ""),
-            dropped_over_budget=int(d.get("dropped_over_budget") or 0),
-            candidates=tuple(PlanCandidate.from_dict(c) for c in d.get("candidates") or ()),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class StepDecision:
-    """How step ``step`` ended: each candidate's slope against the parent, the winner, and why.
-
-    Args:
-        step: The step.
-        parent: Trial number of the parent (``None`` only in hand-made records).
-        candidates: Trial numbers of the candidates.
-        slopes: (mIoU gain) / (latency gain) per candidate number, mIoU as a fraction per ms;
-            ``None`` for one that failed or cannot be compared.
-        winner: The next parent's trial number, or ``None`` when the search stops here.
-        reason: Why the winner won, or why there is none.
-    """
-
-    step: int
-    parent: int | None
-    candidates: tuple[int, ...]
-    slopes: Mapping[int, float | None]
-    winner: int | None
-    reason: str
-
-    @property
-    def winner_slope(self) -> float | None:
-        return None if self.winner is None else self.slopes.get(self.winner)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "parent": self.parent,
-            "candidates": list(self.candidates),
-            "slopes": {str(k): v for k, v in self.slopes.items()},
-            "winner": self.winner,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, step: int | None = None) -> StepDecision:
-        return cls(
-            step=int(d["step"]) if d.get("step") is not None else int(step or 0),
-            parent=None if d.get("parent") is None else int(d["parent"]),
-            candidates=tuple(int(c) for c in d.get("candidates") or ()),
-            slopes={int(k): (None if v is None else float(v)) for k, v in (d.get("slopes") or {}).items()},
-            winner=None if d.get("winner") is None else int(d["winner"]),
-            reason=str(d.get("reason") or ""),
-        )
+# A target is an outlier when every other grown candidate stays under this share of it: growing
+# an operator up to its limits should come near a real target, as the operators' steps are small.
+OUTLIER_RATIO = 0.5
 
 
 @register_strategy("greedy")
@@ -227,6 +150,7 @@ class GreedyStrategy(Strategy):
                             operators=c.operators,
                             steplen=c.steplen,
                             target_ms=plan.target_ms,
+                            latency=c.latency,
                         )
                         for c in missing
                     ]
@@ -244,22 +168,62 @@ class GreedyStrategy(Strategy):
 
     def _plan(self, step: int, parent: TrialRecord, ctx: SearchContext) -> StepPlan:
         sp = self.space
+        g = sp.greedy
         arch = parent.lps_arch
         assert arch is not None and parent.number is not None  # the start and its expansions are LPS-Nets
-        candidates = propose_step(arch, sp.operators, ctx.latency_ms, sp.constraints, max_steplen=sp.greedy.max_steplen)
+        actions: list[str] = []
+        candidates = propose_step(arch, sp.operators, ctx.latency_ms, sp.constraints, max_steplen=g.max_steplen)
+        check = self._check_target(arch, candidates, ctx)
+        if check is not None:
+            top, check = check
+            fixed = {top: check.again_ms}
+
+            def quick(a: LPSNetArch) -> float:
+                return fixed[a] if a in fixed else ctx.latency_ms(a)
+
+            candidates = propose_step(arch, sp.operators, quick, sp.constraints, max_steplen=g.max_steplen)
+            actions.append(
+                f"target {check.first_ms:.3f} ms (set by {check.operator} x1) looked like an outlier: every other "
+                f"candidate stayed under {OUTLIER_RATIO:g} x it; measured again without the cache: "
+                f"{check.again_ms:.3f} ms; the step was planned again with it"
+            )
+            ctx.log(f"step {step}: {actions[-1]}")
+        paired = self._time_together(arch, candidates, ctx, actions) if ctx.paired is not None else None
+        planned = [
+            PlanCandidate(c.arch, c.arch.arch_hash(), tuple(c.operators), c.steplen, c.latency_ms)
+            if paired is None
+            else PlanCandidate(
+                c.arch,
+                c.arch.arch_hash(),
+                tuple(c.operators),
+                c.steplen,
+                paired[1][i].median_ms,
+                quick_ms=c.latency_ms,
+                paired=paired[1][i],
+                latency=paired[2][i],
+            )
+            for i, c in enumerate(candidates)
+        ]
         budget = sp.stopping.latency_budget_ms
-        kept = [c for c in candidates if budget is None or c.latency_ms <= budget]
-        over = len(candidates) - len(kept)
+        kept = [c for c in planned if budget is None or c.latency_ms <= budget]
+        over = len(planned) - len(kept)
         reason = ""
         if not candidates:
             reason = "no operator can grow the network within the constraints"
         elif not kept:
             reason = f"every candidate is over the latency budget of {budget:g} ms"
         target = candidates[0].target_ms if candidates else None
+        timing = paired[0] if paired is not None else None
         ctx.log(
             f"step {step}: parent #{parent.number} {arch.inline()} ({parent.latency_ms:.2f} ms, "
             f"mIoU {100 * (parent.miou or 0):.2f}); target {target if target is None else round(target, 3)} ms; "
-            f"{len(kept)} candidates" + (f" ({over} over budget, dropped)" if over else "")
+            f"{len(kept)} candidates"
+            + (f" ({over} over budget, dropped)" if over else "")
+            + (
+                ""
+                if timing is None
+                else f"; timed with the parent in {timing.rounds} paired rounds (parent {timing.median_ms(0):.3f} ms)"
+            )
         )
         return StepPlan(
             step=step,
@@ -267,15 +231,155 @@ class GreedyStrategy(Strategy):
             target_ms=target,
             reason=reason,
             dropped_over_budget=over,
-            candidates=tuple(
-                PlanCandidate(c.arch, c.arch.arch_hash(), tuple(c.operators), c.steplen, c.latency_ms) for c in kept
-            ),
+            candidates=tuple(kept),
+            parent_ms=None if timing is None else timing.median_ms(0),
+            rounds=None if timing is None else timing.rounds,
+            confidence=None if timing is None else g.confidence,
+            others_cpu_share=None if timing is None else timing.others_cpu_share,
+            under_load=bool(timing is not None and timing.under_load),
+            target_check=check,
+            actions=tuple(actions),
         )
+
+    def _check_target(
+        self, arch: LPSNetArch, candidates: Sequence[Candidate], ctx: SearchContext
+    ) -> tuple[LPSNetArch, TargetCheck] | None:
+        """The one-step expansion that set the step's target, measured again, when the target is an outlier."""
+        if not candidates:
+            return None
+        sp = self.space
+        target = candidates[0].target_ms
+        one_step = [(op.name, apply_operator(arch, op, 1, sp.constraints)) for op in sp.operators]
+        # The first of the slowest, as propose_step takes the target.
+        name, top = max(((n, a) for n, a in one_step if a is not None), key=lambda x: ctx.latency_ms(x[1]))
+        others = [c for c in candidates if c.arch != top]
+        if not others or any(c.latency_ms >= OUTLIER_RATIO * target for c in others):
+            return None
+        again = float(ctx.latency(top, refresh=True)["median_ms"])
+        return top, TargetCheck(operator=name, first_ms=target, again_ms=again)
+
+    def _time_together(
+        self, arch: LPSNetArch, candidates: Sequence[Candidate], ctx: SearchContext, actions: list[str]
+    ) -> tuple[PairedTiming, list[PairedLatency], list[dict[str, Any]]] | None:
+        """The paired pass of the parent and ``candidates``: the pass, each candidate's numbers and latency record.
+
+        A candidate timed faster than its parent beyond noise is timed again, with the parent, in twice
+        the rounds (at most ``max_paired_rounds``); its numbers come from that pass, flagged if it
+        is still faster.
+        """
+        assert ctx.paired is not None
+        if not candidates:
+            return None
+        g = self.space.greedy
+        timing = ctx.paired([arch, *(c.arch for c in candidates)], g.paired_rounds)
+        numbers = [_paired_numbers(timing, i + 1, g.confidence) for i in range(len(candidates))]
+        records = [dict(timing.latency_record(i + 1)) for i in range(len(candidates))]
+        faster = [i for i, n in enumerate(numbers) if n.delta_high < 0]
+        if faster:
+            rounds = min(2 * g.paired_rounds, g.max_paired_rounds)
+            again = ctx.paired([arch, *(candidates[i].arch for i in faster)], rounds)
+            for j, i in enumerate(faster, 1):
+                first = numbers[i]
+                n = _paired_numbers(again, j, g.confidence)
+                numbers[i] = dataclasses.replace(n, remeasured=True, faster_than_parent=n.delta_high < 0)
+                records[i] = dict(again.latency_record(j))
+                actions.append(
+                    f"{'+'.join(candidates[i].operators)} x{candidates[i].steplen} was timed faster than its parent "
+                    f"({_signed_interval(first)} ms); timed again with the parent in {rounds} rounds: "
+                    f"{_signed_interval(numbers[i])} ms, "
+                    + ("still faster: flagged" if numbers[i].faster_than_parent else "no longer faster")
+                )
+        return timing, numbers, records
 
     def _decide(
         self, step: int, parent: TrialRecord, plan: StepPlan, latest: dict[str, TrialRecord], ctx: SearchContext
     ) -> StepDecision:
         trials = [latest[c.arch_hash] for c in plan.candidates]
+        if not plan.paired:
+            return self._decide_by_points(step, parent, trials, ctx)
+        g = self.space.greedy
+        assert parent.miou is not None and parent.number is not None  # only a complete parent grows
+        estimates: dict[int, SlopeEstimate] = {}
+        for c, t in zip(plan.candidates, trials, strict=True):
+            if t.miou is not None and c.paired is not None and t.number is not None:
+                p = c.paired
+                gain = t.miou - parent.miou
+                estimates[t.number] = SlopeEstimate.of(
+                    gain, p.delta_ms, p.delta_low, p.delta_high, floor_ms=g.noise_floor_ms, rounds=p.rounds
+                )
+        order = {t.number: k for k, t in enumerate(trials)}
+        archs = {t.number: t.lps_arch for t in trials}
+        actions: list[str] = []
+        rounds = plan.rounds or g.paired_rounds
+        while True:
+            ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
+            overlap = None
+            if len(ranked) < 2 or estimates[ranked[0]].slope <= 0:
+                break
+            a, b = ranked[:2]
+            overlap = estimates[a].overlap(estimates[b])
+            if overlap is None or ctx.paired is None or rounds >= g.max_paired_rounds:
+                break
+            rounds = min(2 * rounds, g.max_paired_rounds)
+            timing = ctx.paired([parent.lps_arch, archs[a], archs[b]], rounds)  # type: ignore[list-item]
+            for j, n in ((1, a), (2, b)):
+                delta, low, high = timing.delta_ms(j, 0, g.confidence)
+                estimates[n] = SlopeEstimate.of(
+                    estimates[n].miou_gain, delta, low, high, floor_ms=g.noise_floor_ms, rounds=rounds
+                )
+            actions.append(
+                f"#{a} and #{b}: slope intervals overlapped ({_points(*overlap)}); "
+                f"timed both with the parent again in {rounds} paired rounds"
+            )
+        slopes = {t.number: (estimates[t.number].slope if t.number in estimates else None) for t in trials}
+        winner = None
+        if not ranked:
+            reason = "every candidate failed"
+        elif estimates[ranked[0]].slope <= 0:
+            reason = "no candidate improves mIoU over its parent"
+        else:
+            winner = ranked[0]
+            best = estimates[winner]
+            interval = _points(best.slope_low, best.slope_high)
+            reason = f"best mIoU gain per ms: {100 * best.slope:.4g} points/ms ({interval})"
+        decision = StepDecision(
+            step=step,
+            parent=parent.number,
+            candidates=tuple(t.number for t in trials if t.number is not None),
+            slopes=slopes,
+            winner=winner,
+            reason=reason,
+            estimates={n: estimates[n] for n in slopes if n in estimates},
+            sure=overlap is None,
+            confidence=g.confidence,
+            overlap=overlap,
+            runner_up=ranked[1] if winner is not None and len(ranked) > 1 else None,
+            actions=tuple(actions),
+        )
+        for line in actions:
+            ctx.log(f"step {step}: {line}")
+        rows = []
+        for t in trials:
+            e = estimates.get(t.number)  # type: ignore[arg-type]
+            numbers = "mIoU failed"
+            if e is not None:
+                numbers = (
+                    f"{_signed(e.delta_ms)} ms [{_signed(e.delta_low)}, {_signed(e.delta_high)}], "
+                    f"mIoU {100 * (t.miou or 0):.2f}, slope {100 * e.slope:.4g} points/ms "
+                    f"({_points(e.slope_low, e.slope_high)})"
+                )
+            rows.append(f"#{t.number} {'+'.join(t.operators)} x{t.steplen}: {numbers}")
+        ctx.log(f"step {step} decided: " + "; ".join(rows))
+        ctx.log(
+            f"step {step} winner: "
+            + (f"#{winner} ({reason}; {decision.certainty()})" if winner is not None else f"none ({reason})")
+        )
+        return decision
+
+    def _decide_by_points(
+        self, step: int, parent: TrialRecord, trials: list[TrialRecord], ctx: SearchContext
+    ) -> StepDecision:
+        """The method's decision from single measurements: the best point slope, nothing known of its certainty."""
         scored = [Scored(t.number, t.latency_ms if t.latency_ms is not None else float("inf"), t.miou) for t in trials]
         sel = select_next(
             Scored(parent.number, parent.latency_ms or 0.0, parent.miou),
@@ -303,3 +407,28 @@ class GreedyStrategy(Strategy):
             winner=sel.winner,
             reason=sel.reason,
         )
+
+
+def _paired_numbers(timing: PairedTiming, i: int, confidence: float) -> PairedLatency:
+    delta, low, high = timing.delta_ms(i, 0, confidence)
+    return PairedLatency(
+        median_ms=timing.median_ms(i),
+        delta_ms=delta,
+        delta_low=low,
+        delta_high=high,
+        rel_spread=timing.rel_spread(i),
+        rounds=timing.rounds,
+    )
+
+
+def _signed(ms: float) -> str:
+    return f"{ms:+.3f}"
+
+
+def _signed_interval(p: PairedLatency) -> str:
+    return f"{_signed(p.delta_ms)} [{_signed(p.delta_low)}, {_signed(p.delta_high)}]"
+
+
+def _points(low: float, high: float) -> str:
+    """A slope interval in mIoU points per ms."""
+    return f"{100 * low:.4g} to {100 * high:.4g} points/ms"

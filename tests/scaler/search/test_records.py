@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from fake_search import FakeLatency, fake_ms, fake_train
 from optuna.trial import TrialState
+from paired_standin import FakePaired
 
 import scaler.search.run as run_mod
 import scaler.search.worker as worker_mod
@@ -147,6 +148,7 @@ def test_a_bad_reference_is_one_clear_error(tmp_path):
 def test_references_are_measured_trained_and_never_decided_on(tmp_path, monkeypatch):
     latency = FakeLatency()
     monkeypatch.setattr(run_mod, "measure_latency", latency)
+    monkeypatch.setattr(run_mod, "measure_paired", FakePaired())
     monkeypatch.setattr(worker_mod, "train_and_evaluate", fake_train)
     plain = run_search(load_space(_space(tmp_path, "")), tmp_path / "plain", progress=False)
     space = load_space(_space(tmp_path, "references: [lpsnet_s, mobilenetv2_050]"))

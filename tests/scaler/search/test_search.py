@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from paired_standin import FakePaired
 
 import scaler.search.run as search_mod
 import scaler.search.strategies.samplers as strategies_mod
@@ -68,6 +69,7 @@ class _Result:
 def fake_latency(monkeypatch):
     fake = FakeLatency()
     monkeypatch.setattr(search_mod, "measure_latency", fake)
+    monkeypatch.setattr(search_mod, "measure_paired", FakePaired())
     return fake
 
 
@@ -246,6 +248,7 @@ def test_busy_cpu_is_reported_before_and_during_the_search(tmp_path, monkeypatch
         return R()
 
     monkeypatch.setattr(search_mod, "measure_latency", loaded)
+    monkeypatch.setattr(search_mod, "measure_paired", FakePaired(lambda arch: 1.5, under_load=True, others=0.45))
     monkeypatch.setattr(search_mod, "busy_share", lambda window: 0.6)
     messages: list[str] = []
     run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", log=messages.append, progress=False)
@@ -255,6 +258,15 @@ def test_busy_cpu_is_reported_before_and_during_the_search(tmp_path, monkeypatch
     )
     assert any(
         m.startswith("warning: the latency of lpsnet:") and "(1.50 ms) was measured while other processes used 45%" in m
+        for m in messages
+    )
+    assert any(
+        re.fullmatch(
+            r"warning: \d+ networks were timed together while other processes used the machine \(45% of the CPUs\), "
+            r"even after waiting for them; their latencies are likely inflated \(their differences less so: every "
+            r"network shared the window\)",
+            m,
+        )
         for m in messages
     )
 

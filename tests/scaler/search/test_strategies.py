@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fake_search import FakeLatency, fake_train
 from optuna.trial import TrialState
+from paired_standin import FakePaired
 
 import scaler.search.run as run_mod
 import scaler.search.worker as worker_mod
@@ -94,6 +95,7 @@ def _space_file(tmp_path: Path) -> Path:
 def _fakes(monkeypatch) -> FakeLatency:
     latency = FakeLatency()
     monkeypatch.setattr(run_mod, "measure_latency", latency)
+    monkeypatch.setattr(run_mod, "measure_paired", FakePaired(noise_ms=0.004, drift_ms=0.02))
     monkeypatch.setattr(worker_mod, "train_and_evaluate", fake_train)
     return latency
 
@@ -137,5 +139,7 @@ def test_a_replayed_history_gets_the_same_decisions(name, tmp_path, monkeypatch)
         for i, (history, ctx, decision) in enumerate(calls):
             # A fresh instance per call: a search resumed at that point.
             fresh = make_strategy(name, ctx.space, seed=5, batch=1)
-            replay = SearchContext(space=ctx.space, latency=ctx.latency, get=kv.get, put=kv.__setitem__)
+            replay = SearchContext(
+                space=ctx.space, latency=ctx.latency, get=kv.get, put=kv.__setitem__, paired=ctx.paired
+            )
             assert fresh.propose(history, replay) == decision, f"call {i} decided otherwise"

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from paired_standin import FakePaired
 from run_builder import GREEDY_TRIALS, make_greedy_run
 
 import scaler.search.run as search_mod
@@ -63,6 +64,7 @@ def fake_search(monkeypatch, tmp_path):
     """Deterministic latency and an instant 'training' (mIoU from the width), so only the bookkeeping runs."""
     monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "latency-cache"))
     monkeypatch.setattr(search_mod, "measure_latency", lambda arch, settings, **kw: _Latency(_latency_ms(arch)))
+    monkeypatch.setattr(search_mod, "measure_paired", FakePaired(_latency_ms))
 
     def train(arch, config, **kw):
         return TrainResult(
