@@ -78,7 +78,13 @@ def test_operators_by_name_and_custom(tmp_path):
         ("colour: red\n", "colour: unknown key (allowed: name, description, start"),
         ("latency: {threads: two}\n", "latency.threads: must be an integer, got 'two'"),
         ("latency: {backend: tvm}\n", "latency: unknown latency backend 'tvm'"),
-        ("latency: {input_hw: 1x1}\n", "latency.input_hw: unknown key"),
+        ("latency: {input_hw: 1x1}\n", "latency.input_hw: unknown key (allowed: input_size, device"),
+        ("latency: {input_size: big}\n", "latency.input_size: must be HxW such as 256x512 (or [H, W]), got 'big'"),
+        (
+            "latency: {input_size: 1x2}\n",
+            "latency.input_size: 1x2 cannot be measured for lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5: "
+            "input 1x2 is too small for resolution factor 0.5",
+        ),
         ("training: {crop: 12}\n", "training.crop: must be HxW such as 256x512"),
         ("training: {iters: 0}\n", "training: iters must be >= 1, got 0"),
         ("training: {dataset: x}\n", "training.dataset: unknown key"),
@@ -126,3 +132,38 @@ def test_start_arch_json_relative_to_the_space_file(tmp_path):
     (tmp_path / "start.json").write_text(get_arch("lpsnet_m").to_json())
     text = MINIMAL.replace("start: lpsnet_tiny", "start: start.json")
     assert load_space(_write(tmp_path, text)).start == get_arch("lpsnet_m")
+
+
+# -- a latency input size of its own -------------------------------------------------------------
+
+
+def test_latency_input_size_defaults_to_the_training_size_and_stays_out_of_the_hash(tmp_path):
+    plain = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1}\n"))
+    same = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1, input_size: 64x128}\n"))
+    assert plain.latency.input_hw == same.latency.input_hw == (64, 128)
+    assert "input_size" not in plain.to_dict()["latency"]
+    # Written out but equal to the training size: the same measurement, the same run.
+    assert same.to_dict() == plain.to_dict() and same.space_hash() == plain.space_hash()
+
+
+def test_latency_input_size_of_its_own_is_measured_and_changes_the_hash(tmp_path):
+    plain = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1}\n"))
+    big = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1, input_size: [256, 512]}\n"))
+    assert big.input_size == (64, 128) and big.training.eval_size == (64, 128)
+    assert big.latency.input_hw == (256, 512)
+    assert big.to_dict()["latency"]["input_size"] == [256, 512]
+    assert big.space_hash() != plain.space_hash()
+    assert big.diff(plain.to_dict()) == "latency.input_size: null -> [256, 512]"
+    again = space_from_dict(big.to_dict())
+    assert again.latency.input_hw == (256, 512) and again.space_hash() == big.space_hash()
+
+
+def test_existing_space_files_keep_their_hashes():
+    # Pinned as the committed runs and users' run folders record them: a new optional key must not
+    # change what identifies a run made before it.
+    hashes = {
+        "lpsnet_paper.yaml": "ac9c0d62112a",
+        "lpsnet_synthetic_gpu.yaml": "7af47b780b86",
+    }
+    for name, expected in hashes.items():
+        assert load_space(SPACES / name).space_hash() == expected, name
