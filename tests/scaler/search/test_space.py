@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from models import get_arch
 from scaler.search.expand import PAPER_OPERATORS
@@ -30,7 +32,23 @@ def test_shipped_spaces_load(name):
     assert space.start == get_arch("lpsnet_tiny")
     assert space.operators == PAPER_OPERATORS
     assert space.training.eval_size == space.input_size
-    assert space.latency.input_hw == space.input_size
+
+
+def test_demo_space_trains_small_and_times_large():
+    space = load_space(SPACES / "lpsnet_demo.yaml")
+    assert space.input_size == (128, 256) and space.training.crop == (128, 256)
+    assert space.latency.input_hw == (512, 1024)
+    assert load_space(SPACES / "lpsnet_paper.yaml").latency.input_hw == (1024, 2048)
+
+
+def test_demo_space_without_its_latency_size_is_the_committed_runs():
+    # The latency size is the only change to the demo space since results/reference/lpsnet_demo was
+    # made: without it, the space hashes as that run's run.json records.
+    data = yaml.safe_load((SPACES / "lpsnet_demo.yaml").read_text())
+    assert data["latency"].pop("input_size") == "512x1024"
+    recorded = json.loads((SPACES.parent / "results" / "reference" / "lpsnet_demo" / "run.json").read_text())
+    assert space_from_dict(data).space_hash() == recorded["space_hash"] == "b5e5f7697c30"
+    assert load_space(SPACES / "lpsnet_demo.yaml").space_hash() != "b5e5f7697c30"
 
 
 def test_paper_space_is_the_papers_setting():
