@@ -3,6 +3,7 @@
 Everything a search knows about speed comes from here; nothing here trains or searches.
 
 - :mod:`~scaler.measure.latency`: :func:`measure_latency`, the entry point (resolve, build, measure, cache);
+- :mod:`~scaler.measure.paired`: :func:`measure_paired`, several networks timed together in interleaved rounds;
 - :mod:`~scaler.measure.settings`: what it is asked (:class:`LatencySettings`) and gives (:class:`LatencyResult`);
 - :mod:`~scaler.measure.runners`: one :class:`Runner` per backend, in a registry (:func:`register_runner`);
 - :mod:`~scaler.measure.stats`: the stopping rule and the samples' statistics;
@@ -29,6 +30,7 @@ from scaler.measure.host import cpu_allocator, steady_cpu_allocator
 from scaler.measure.latency import build_network, make_input, measure_latency, measure_once, resolve_settings
 from scaler.measure.load import OthersCPU, busy_share, wait_for_quiet
 from scaler.measure.onnx_export import ONNX_OPSET
+from scaler.measure.paired import PairedResult, measure_paired
 from scaler.measure.runners import (
     RUNNERS,
     CudaEvents,
@@ -42,7 +44,7 @@ from scaler.measure.runners import (
     register_runner,
 )
 from scaler.measure.settings import BACKENDS, DTYPES, LOAD_GUARD_KEYS, LatencyResult, LatencySettings
-from scaler.measure.stats import SPREAD_STATISTIC
+from scaler.measure.stats import SPREAD_STATISTIC, median_interval, paired_differences
 
 __all__ = [
     "BACKENDS",
@@ -60,6 +62,7 @@ __all__ = [
     "LatencySettings",
     "OnnxRuntimeRunner",
     "OthersCPU",
+    "PairedResult",
     "Runner",
     "TensorRTRunner",
     "TorchCudaRunner",
@@ -78,6 +81,9 @@ __all__ = [
     "measure_complexity",
     "measure_latency",
     "measure_once",
+    "measure_paired",
+    "median_interval",
+    "paired_differences",
     "register_runner",
     "resolve_settings",
     "steady_cpu_allocator",

@@ -1,4 +1,8 @@
-"""Latency results on disk, keyed by architecture + fingerprint + stopping rule, shared between processes."""
+"""Latency results on disk, keyed by architecture + fingerprint + stopping rule, shared between processes.
+
+Paired results (:mod:`scaler.measure.paired`) live beside them under their own keys (prefix
+``paired-``) and are marked as such in the entry, so a single-measurement lookup never returns one.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scaler.errors import UserError
 from scaler.files import atomic_write_text
 from scaler.measure.settings import LatencyResult
+
+if TYPE_CHECKING:
+    from scaler.measure.paired import PairedResult
 
 __all__ = ["CACHE_ENV", "CACHE_FORMAT", "LatencyCache", "default_cache_dir"]
 
@@ -45,21 +53,34 @@ class LatencyCache:
         return f"LatencyCache({str(self.path)!r})"
 
     def entry_path(self, key: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f-]+", key):
+        if not re.fullmatch(r"[0-9a-z-]+", key):
             raise ValueError(f"malformed latency cache key {key!r}")
         return self.path / f"{key}.json"
 
     def get(self, key: str) -> LatencyResult | None:
-        """The stored result for ``key`` (with ``from_cache=True``), or ``None``.
+        """The stored single measurement for ``key`` (with ``from_cache=True``), or ``None``.
 
-        An unreadable or foreign entry counts as missing; the next :meth:`put` replaces it.
+        An unreadable or foreign entry (a paired one too) counts as missing; the next :meth:`put` replaces it.
         """
+        data = self._read(key, "single")
+        if data is None:
+            return None
         try:
-            data = json.loads(self.entry_path(key).read_text())
-            if data.get("format") != CACHE_FORMAT or data.get("key") != key:
-                return None
-            result = LatencyResult.from_dict(data["result"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            result = LatencyResult.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return dataclasses.replace(result, from_cache=True)
+
+    def get_paired(self, key: str) -> PairedResult | None:
+        """The stored paired result for ``key`` (with ``from_cache=True``), or ``None``; as :meth:`get`."""
+        from scaler.measure.paired import PairedResult  # paired builds on this module
+
+        data = self._read(key, "paired")
+        if data is None:
+            return None
+        try:
+            result = PairedResult.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return dataclasses.replace(result, from_cache=True)
 
@@ -72,8 +93,28 @@ class LatencyCache:
         Raises:
             UserError: The folder cannot be written; the message names it.
         """
+        return self._write(key, "single", result.to_dict())
+
+    def put_paired(self, key: str, result: PairedResult) -> Path:
+        """Store a paired ``result`` under ``key`` (a ``paired-`` key), replacing any entry; as :meth:`put`."""
+        return self._write(key, "paired", result.to_dict())
+
+    def _read(self, key: str, kind: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.entry_path(key).read_text())
+            # Entries written before paired results existed have no kind: they are single ones.
+            if data.get("format") != CACHE_FORMAT or data.get("key") != key or data.get("kind", "single") != kind:
+                return None
+            return dict(data["result"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _write(self, key: str, kind: str, result: dict[str, Any]) -> Path:
         final = self.entry_path(key)
-        entry = {"format": CACHE_FORMAT, "key": key, "result": {**result.to_dict(), "from_cache": False}}
+        entry: dict[str, Any] = {"format": CACHE_FORMAT, "key": key}
+        if kind != "single":  # single entries stay byte-for-byte as before
+            entry["kind"] = kind
+        entry["result"] = {**result, "from_cache": False}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(final, json.dumps(entry))

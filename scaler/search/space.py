@@ -133,6 +133,10 @@ class SearchSpace:
         # not part of what identifies a run (a run may be resumed with another setting).
         for key in ("input_hw", *LOAD_GUARD_KEYS):
             latency.pop(key)
+        # A latency size of its own is stored only when it differs from the training size, so runs
+        # made before it existed (latency at input_size) resume unchanged.
+        if self.latency.input_hw != self.input_size:
+            latency["input_size"] = list(self.latency.input_hw)
         training = dataclasses.asdict(self.training)
         for key in ("dataset", "eval_size"):
             training.pop(key)
@@ -242,11 +246,24 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     constraints = _section(Constraints, data.get("constraints"), "constraints", fail)
     if constraints.violation(start):
         raise fail("start", f"{start.inline()} breaks the constraints: {constraints.violation(start)}")
-    latency = _section(LatencySettings, data.get("latency"), "latency", fail, fixed={"input_hw": input_size})
+    latency_raw = data.get("latency")
+    latency_size = input_size
+    if isinstance(latency_raw, dict) and "input_size" in latency_raw:
+        latency_raw = dict(latency_raw)
+        latency_size = _hw(latency_raw.pop("input_size"), "latency.input_size", fail)
+    latency = _section(
+        LatencySettings, latency_raw, "latency", fail, fixed={"input_hw": latency_size}, listed=("input_size",)
+    )
     try:
         start.check_input_size(*input_size)
     except ValueError as e:
         raise fail("input_size", str(e)) from None
+    if latency_size != input_size:
+        try:
+            start.check_input_size(*latency_size)
+        except ValueError as e:
+            h, w = latency_size
+            raise fail("latency.input_size", f"{h}x{w} cannot be measured for {start.inline()}: {e}") from None
     training = _section(
         TrainConfig, data.get("training"), "training", fail, fixed={"dataset": dataset.strip(), "eval_size": input_size}
     )
@@ -359,7 +376,10 @@ def _operators(value: Any, fail: Any) -> tuple[Operator, ...]:
     return tuple(ops)
 
 
-def _section(cls: type, value: Any, section: str, fail: Any, fixed: dict[str, Any] | None = None) -> Any:
+def _section(
+    cls: type, value: Any, section: str, fail: Any, fixed: dict[str, Any] | None = None, listed: tuple[str, ...] = ()
+) -> Any:
+    """``cls`` from a section's mapping; ``fixed`` fields are set by the caller, ``listed`` keys were read by it."""
     fixed = fixed or {}
     if value is None:
         value = {}
@@ -367,7 +387,7 @@ def _section(cls: type, value: Any, section: str, fail: Any, fixed: dict[str, An
         raise fail(section, f"must be a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
-    _check_keys(value, allowed, f"{section}.", fail)
+    _check_keys(value, [*listed, *allowed], f"{section}.", fail)
     kwargs = dict(fixed)
     for key, raw in value.items():
         kwargs[key] = _convert(raw, hints[key], f"{section}.{key}", fail)

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from models import get_arch
 from scaler.search.expand import PAPER_OPERATORS
@@ -30,7 +32,23 @@ def test_shipped_spaces_load(name):
     assert space.start == get_arch("lpsnet_tiny")
     assert space.operators == PAPER_OPERATORS
     assert space.training.eval_size == space.input_size
-    assert space.latency.input_hw == space.input_size
+
+
+def test_demo_space_trains_small_and_times_large():
+    space = load_space(SPACES / "lpsnet_demo.yaml")
+    assert space.input_size == (128, 256) and space.training.crop == (128, 256)
+    assert space.latency.input_hw == (512, 1024)
+    assert load_space(SPACES / "lpsnet_paper.yaml").latency.input_hw == (1024, 2048)
+
+
+def test_demo_space_without_its_latency_size_is_the_committed_runs():
+    # The latency size is the only change to the demo space since results/reference/lpsnet_demo was
+    # made: without it, the space hashes as that run's run.json records.
+    data = yaml.safe_load((SPACES / "lpsnet_demo.yaml").read_text())
+    assert data["latency"].pop("input_size") == "512x1024"
+    recorded = json.loads((SPACES.parent / "results" / "reference" / "lpsnet_demo" / "run.json").read_text())
+    assert space_from_dict(data).space_hash() == recorded["space_hash"] == "b5e5f7697c30"
+    assert load_space(SPACES / "lpsnet_demo.yaml").space_hash() != "b5e5f7697c30"
 
 
 def test_paper_space_is_the_papers_setting():
@@ -78,7 +96,13 @@ def test_operators_by_name_and_custom(tmp_path):
         ("colour: red\n", "colour: unknown key (allowed: name, description, start"),
         ("latency: {threads: two}\n", "latency.threads: must be an integer, got 'two'"),
         ("latency: {backend: tvm}\n", "latency: unknown latency backend 'tvm'"),
-        ("latency: {input_hw: 1x1}\n", "latency.input_hw: unknown key"),
+        ("latency: {input_hw: 1x1}\n", "latency.input_hw: unknown key (allowed: input_size, device"),
+        ("latency: {input_size: big}\n", "latency.input_size: must be HxW such as 256x512 (or [H, W]), got 'big'"),
+        (
+            "latency: {input_size: 1x2}\n",
+            "latency.input_size: 1x2 cannot be measured for lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5: "
+            "input 1x2 is too small for resolution factor 0.5",
+        ),
         ("training: {crop: 12}\n", "training.crop: must be HxW such as 256x512"),
         ("training: {iters: 0}\n", "training: iters must be >= 1, got 0"),
         ("training: {dataset: x}\n", "training.dataset: unknown key"),
@@ -126,3 +150,38 @@ def test_start_arch_json_relative_to_the_space_file(tmp_path):
     (tmp_path / "start.json").write_text(get_arch("lpsnet_m").to_json())
     text = MINIMAL.replace("start: lpsnet_tiny", "start: start.json")
     assert load_space(_write(tmp_path, text)).start == get_arch("lpsnet_m")
+
+
+# -- a latency input size of its own -------------------------------------------------------------
+
+
+def test_latency_input_size_defaults_to_the_training_size_and_stays_out_of_the_hash(tmp_path):
+    plain = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1}\n"))
+    same = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1, input_size: 64x128}\n"))
+    assert plain.latency.input_hw == same.latency.input_hw == (64, 128)
+    assert "input_size" not in plain.to_dict()["latency"]
+    # Written out but equal to the training size: the same measurement, the same run.
+    assert same.to_dict() == plain.to_dict() and same.space_hash() == plain.space_hash()
+
+
+def test_latency_input_size_of_its_own_is_measured_and_changes_the_hash(tmp_path):
+    plain = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1}\n"))
+    big = load_space(_write(tmp_path, MINIMAL + "latency: {threads: 1, input_size: [256, 512]}\n"))
+    assert big.input_size == (64, 128) and big.training.eval_size == (64, 128)
+    assert big.latency.input_hw == (256, 512)
+    assert big.to_dict()["latency"]["input_size"] == [256, 512]
+    assert big.space_hash() != plain.space_hash()
+    assert big.diff(plain.to_dict()) == "latency.input_size: null -> [256, 512]"
+    again = space_from_dict(big.to_dict())
+    assert again.latency.input_hw == (256, 512) and again.space_hash() == big.space_hash()
+
+
+def test_existing_space_files_keep_their_hashes():
+    # Pinned as the committed runs and users' run folders record them: a new optional key must not
+    # change what identifies a run made before it.
+    hashes = {
+        "lpsnet_paper.yaml": "ac9c0d62112a",
+        "lpsnet_synthetic_gpu.yaml": "7af47b780b86",
+    }
+    for name, expected in hashes.items():
+        assert load_space(SPACES / name).space_hash() == expected, name
