@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from models import LPSNetArch, class_embeddings, resolve_arch
 from scaler.errors import UserError
-from scaler.measure import LatencyCache, measure_latency
+from scaler.measure import LatencyCache, PairedResult, measure_latency, measure_paired
 from scaler.measure.load import busy_share
 from scaler.proxy.data import open_dataset
 from scaler.search.progress import SearchBars
@@ -36,18 +36,7 @@ from scaler.search.store import RunStore, distributions, open_storage
 from scaler.search.strategies import Decision, SearchContext, Strategy, make_strategy, strategy_class
 from scaler.search.worker import POLL_S, evaluate_claim, start_local_workers
 
-__all__ = ["SearchSummary", "measure_paired", "run_search"]
-
-
-def measure_paired(archs: Sequence[LPSNetArch], settings: Any, **options: Any) -> Any:
-    """:func:`scaler.measure.paired.measure_paired`, imported when a step first times its candidates together.
-
-    Imported here rather than at the top so that the search module loads where the paired
-    measurement is not installed yet; tests replace this name with a seeded fake.
-    """
-    from scaler.measure.paired import measure_paired as measure
-
-    return measure(archs, settings, **options)
+__all__ = ["SearchSummary", "run_search"]
 
 
 def _group_seed(archs: Sequence[LPSNetArch], rounds: int) -> int:
@@ -162,7 +151,7 @@ def run_search(
                 )
             return d
 
-        def paired(archs: Sequence[LPSNetArch], rounds: int) -> Any:
+        def paired(archs: Sequence[LPSNetArch], rounds: int) -> PairedResult:
             t = time.perf_counter()
             try:
                 result = measure_paired(
