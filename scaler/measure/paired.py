@@ -36,7 +36,7 @@ from scaler.measure.fingerprint import fingerprint_hash, make_fingerprint
 from scaler.measure.host import gc_paused, pinned, release_memory, steady_cpu_allocator
 from scaler.measure.latency import build_network, make_input, resolve_settings
 from scaler.measure.runners import Runner, get_runner
-from scaler.measure.settings import LatencySettings
+from scaler.measure.settings import LatencyResult, LatencySettings
 from scaler.measure.stats import median_interval, paired_differences, rel_spread, summarize
 
 __all__ = ["PAIRED_KEY_PREFIX", "RUNS_PER_ROUND", "PairedResult", "group_hash", "measure_paired", "paired_cache_key"]
@@ -147,32 +147,31 @@ class PairedResult:
         ``stop_reason="paired"``, the group's fingerprint, cache key and window; no ``samples_ms``)
         plus ``"paired": {"group", "index", "rounds"}``.
         """
-        arch = self.archs[i]
         samples = list(self.samples_ms[i])
         summary = summarize(samples)
         target = self.rule.get("target_rel_spread")
         diffs = self.output_max_abs_diffs
-        return {
-            "arch": arch.to_dict(),
-            "arch_hash": arch.arch_hash(),
-            "inline": arch.inline(),
+        result = LatencyResult(
+            arch=self.archs[i],
             **summary,
-            "n_samples": len(samples),
-            "stable": bool(target is not None and summary["rel_spread"] <= target and not self.under_load),
-            "stop_reason": "paired",
-            "rule": dict(self.rule),
-            "fingerprint": dict(self.fingerprint),
-            "fingerprint_hash": self.fingerprint_hash,
-            "cache_key": self.cache_key,
-            "measured_at": self.measured_at,
-            "elapsed_s": self.elapsed_s,
-            "output_max_abs_diff": diffs[i] if i < len(diffs) else None,
-            "from_cache": self.from_cache,
-            "others_cpu_share": self.others_cpu_share,
-            "under_load": self.under_load,
-            "load_retries": 0,
-            "paired": {"group": self.group, "index": i, "rounds": self.rounds},
-        }
+            n_samples=len(samples),
+            samples_ms=tuple(samples),
+            stable=bool(target is not None and summary["rel_spread"] <= target and not self.under_load),
+            stop_reason="paired",
+            rule=dict(self.rule),
+            fingerprint=dict(self.fingerprint),
+            fingerprint_hash=self.fingerprint_hash,
+            cache_key=self.cache_key,
+            measured_at=self.measured_at,
+            elapsed_s=self.elapsed_s,
+            output_max_abs_diff=diffs[i] if i < len(diffs) else None,
+            from_cache=self.from_cache,
+            others_cpu_share=self.others_cpu_share,
+            under_load=self.under_load,
+        )
+        record = result.to_dict()
+        del record["samples_ms"]  # the group's samples live in the paired result, not in every trial
+        return {**record, "paired": {"group": self.group, "index": i, "rounds": self.rounds}}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; :meth:`from_dict` inverts it."""

@@ -25,7 +25,7 @@ from scaler.search.store import open_run
 from scaler.search.strategies import GreedyStrategy
 
 REPO = Path(__file__).resolve().parents[3]
-DEMO = REPO / "results" / "reference" / "lpsnet_demo"
+DEMO = REPO / "results" / "reference" / "lpsnet_demo_128x256"
 
 
 def _files(folder: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ from scaler.search.store import open_run
 from scaler.search.strategies.greedy import GreedyStrategy, StepDecision, StepPlan
 
 REPO = Path(__file__).resolve().parents[3]
-DEMO = REPO / "results" / "reference" / "lpsnet_demo"
+DEMO = REPO / "results" / "reference" / "lpsnet_demo_128x256"
 TINY = get_arch("lpsnet_tiny")
 
 
@@ -117,7 +117,7 @@ def test_existing_spaces_keep_their_hash():
     space = load_space(REPO / "search_spaces" / "lpsnet_demo.yaml")
     assert space.references == () and "references" not in space.to_dict()
     # The demo space now times latency at a size of its own, its one difference from the committed
-    # run's: test_space.py pins that without it, it hashes as results/reference/lpsnet_demo/run.json records.
+    # run's: test_space.py pins that without it, it hashes as results/reference/lpsnet_demo_128x256/run.json records.
 
 
 SPACE = """\

@@ -34,7 +34,7 @@ from scaler.search.space import load_space
 from scaler.search.store import METRIC_NAMES, RunStore, distributions, open_run, open_storage
 
 REPO = Path(__file__).resolve().parents[3]
-REFERENCE_RUN = REPO / "results" / "reference" / "lpsnet_demo"
+REFERENCE_RUN = REPO / "results" / "reference" / "lpsnet_demo_128x256"
 
 SPACE = """\
 name: t
