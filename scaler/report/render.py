@@ -6,6 +6,7 @@ The CLI prints what these functions return; ``--json`` prints the records' ``to_
 from __future__ import annotations
 
 import math
+import shlex
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,7 +169,7 @@ def format_search(summary: SearchSummary, files: Sequence[str]) -> str:
         f"{summary.train_seconds:.0f} s, other {overhead:.0f} s\n"
         f"  study        {summary.study_name}\n"
         f"  files        {', '.join(files)}\n"
-        f"  next         scaler export {summary.run_dir} --max-latency MS --format onnx -o DIR\n"
+        f"  next         scaler export {shlex.quote(str(summary.run_dir))} --max-latency MS --format onnx -o DIR\n"
     )
 
 

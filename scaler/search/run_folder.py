@@ -114,10 +114,18 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock for the block: one search process per run folder.
 
     Raises:
-        UserError: Another search holds it.
+        UserError: Another search holds it, or the folder cannot be written (a read-only file
+            system, say): a search must be able to write to the run it resumes.
     """
     path = run_dir / LOCK_NAME
-    with open(path, "w") as f:
+    try:
+        f = open(path, "w")  # noqa: SIM115  (closed by the with below, after the error check)
+    except OSError as e:
+        raise UserError(
+            f"{run_dir}: cannot take the run's lock {LOCK_NAME} ({e.strerror}); a search writes to its run "
+            "folder, so resume it where the folder is writable (reading it needs none: scaler frontier, plot, explain)"
+        ) from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -327,6 +327,11 @@ def _hw(value: Any, key: str, fail: Any) -> tuple[int, int]:
         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
         return int(value[0]), int(value[1])
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads 0x0 (and 0x10...) as a hexadecimal number before we see it.
+        raise fail(
+            key, f"must be HxW such as 256x512 (or [H, W]); YAML read it as the number {value} (quote it: '...')"
+        )
     raise fail(key, f"must be HxW such as 256x512 (or [H, W]), got {value!r}")
 
 

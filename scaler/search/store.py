@@ -106,8 +106,16 @@ def arch_from_params(params: dict[str, Any], like: LPSNetArch) -> LPSNetArch:
     )
 
 
-def open_storage(url: str | None, run_dir: Path | None) -> optuna.storages.BaseStorage:
+def open_storage(url: str | None, run_dir: Path | None, *, create: bool = True) -> optuna.storages.BaseStorage:
     """The journal file in ``run_dir`` (default), or the database at ``url``.
+
+    Args:
+        url: ``None`` or ``"journal"`` for the run folder's journal, ``journal:PATH`` for a journal
+            elsewhere, or a database URL.
+        run_dir: The run folder (for the default journal).
+        create: A ``journal:PATH`` that does not exist yet may be created (the search); ``False``
+            for processes that join a search (workers): a missing journal is then an error, never
+            an empty new file that no search will ever write to.
 
     Raises:
         StorageError: One line saying what could not be opened and why.
@@ -124,10 +132,22 @@ def open_storage(url: str | None, run_dir: Path | None) -> optuna.storages.BaseS
             raise StorageError(f"{path}: cannot open the run's journal ({e.strerror})") from None
         return optuna.storages.JournalStorage(backend)
     if url.startswith(("journal:", "file:")):
-        path = Path(url.split(":", 1)[1])
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
-        )
+        path = Path(url.split(":", 1)[1]).expanduser()
+        if not path.parent.is_dir():
+            raise StorageError(f"{url}: no such folder {path.parent}; give the path of the search's journal")
+        if not create and not path.is_file():
+            others = sorted(p.name for p in path.parent.glob("*.journal"))
+            hint = f" (that folder holds {', '.join(others)})" if others else ""
+            raise StorageError(
+                f"{url}: no such journal{hint}; give the journal the search writes (RUN/{JOURNAL_NAME}), "
+                "and start the search first"
+            )
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
+            )
+        except OSError as e:
+            raise StorageError(f"{url}: cannot open the journal ({e.strerror})") from None
         return optuna.storages.JournalStorage(backend)
     try:
         return _rdb_storage(url)

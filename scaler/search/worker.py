@@ -116,7 +116,7 @@ def run_worker(
     Raises:
         UserError: Unreachable storage, or no such study.
     """
-    storage = open_storage(storage_url, None)
+    storage = open_storage(storage_url, None, create=False)
     started = time.monotonic()
     waiting_logged = False
     while True:

@@ -188,3 +188,15 @@ def test_train_bad_input_is_one_line(run, args, message):
     r = run("train", "lpsnet_tiny", "--iters", "1", *args)
     assert r.exit_code == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+def test_a_worker_pointed_at_a_missing_journal_says_so_in_one_line(tmp_path):
+    (tmp_path / "study.journal").write_text("")
+    for url, message in (
+        (f"journal:{tmp_path / 'nope' / 'study.journal'}", "no such folder"),
+        (f"journal:{tmp_path / 'stdy.journal'}", "no such journal (that folder holds study.journal)"),
+    ):
+        result = CliRunner().invoke(main, ["worker", "--storage", url, "--study", "s", "--max-idle", "1"])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.journal"]

@@ -131,6 +131,10 @@ def test_bad_values_name_file_key_and_value(tmp_path, extra, message):
         ("name: t\nstart: lpsnet_tiny\ndataset: synthetic\n", "input_size: missing (required)"),
         ("name: t\nstart: lpsnet_xl\ninput_size: 64x128\ndataset: synthetic\n", "start: unknown architecture"),
         ("name: t\nstart: lpsnet_tiny\ninput_size: 1x2\ndataset: synthetic\n", "input_size: input 1x2 is too small"),
+        (
+            "name: t\nstart: lpsnet_tiny\ninput_size: 0x0\ndataset: synthetic\n",
+            "input_size: must be HxW such as 256x512 (or [H, W]); YAML read it as the number 0",
+        ),
         ("name: [t\n", "not valid YAML at line"),
         ("- a\n- b\n", "expected a mapping of keys"),
     ],

@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from optuna.trial import TrialState
 
 from models import get_arch
+from scaler.errors import UserError
 from scaler.search.expand import Constraints
 from scaler.search.record import TrialRecord
-from scaler.search.store import STALE_AFTER_S, RunStore, distributions, open_storage
+from scaler.search.run_folder import LOCK_NAME, exclusive
+from scaler.search.store import STALE_AFTER_S, RunStore, StorageError, distributions, open_storage
 
 ARCH = get_arch("lpsnet_tiny")
 
@@ -80,3 +83,24 @@ def test_a_claim_not_yet_named_is_not_taken_for_a_dead_worker(tmp_path):
     # Left unnamed for longer than a heartbeat may be late: that worker died right after claiming.
     assert store.reap_stale(now=time.time() + STALE_AFTER_S + 5) == [1]
     assert store.trials()[0].state == TrialState.FAIL
+
+
+def test_a_worker_never_creates_a_journal(tmp_path):
+    (tmp_path / "study.journal").write_text("")
+    with pytest.raises(StorageError, match=r"no such journal \(that folder holds study\.journal\)"):
+        open_storage(f"journal:{tmp_path / 'stdy.journal'}", None, create=False)
+    with pytest.raises(StorageError, match=r"no such folder"):
+        open_storage(f"journal:{tmp_path / 'missing' / 'study.journal'}", None, create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.journal"]
+    # The search itself may start a journal at a path of its choice.
+    open_storage(f"journal:{tmp_path / 'new.journal'}", None)
+    assert (tmp_path / "new.journal").exists()
+
+
+def test_a_run_folder_whose_lock_cannot_be_written_is_one_user_error(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()  # fails for root too, as a read-only file system would
+    with (
+        pytest.raises(UserError, match=r"cannot take the run's lock .*resume it where the folder is writable"),
+        exclusive(tmp_path),
+    ):
+        pass
