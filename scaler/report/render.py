@@ -162,11 +162,16 @@ def format_train(label: str, inline: str, config: TrainConfig, r: TrainResult, s
 def format_search(summary: SearchSummary, files: Sequence[str]) -> str:
     """The summary a search session ends with: why it stopped, its trials, where its time went, its files."""
     overhead = summary.seconds - summary.latency_seconds - summary.train_seconds
+    elsewhere = ""
+    if summary.worker_train_seconds:
+        # Workers train in parallel: their time is not a share of the session's; "other" then
+        # includes waiting for them.
+        elsewhere = f" (waiting included); workers trained {summary.worker_train_seconds:.0f} s in parallel"
     return (
         f"{summary.strategy} search in {summary.run_dir}: {summary.stop_reason}\n"
         f"  trials       {summary.trials} ({summary.complete} complete, {summary.failed} failed)\n"
         f"  time         {summary.seconds:.0f} s: latency {summary.latency_seconds:.0f} s, training "
-        f"{summary.train_seconds:.0f} s, other {overhead:.0f} s\n"
+        f"{summary.train_seconds:.0f} s, other {overhead:.0f} s{elsewhere}\n"
         f"  study        {summary.study_name}\n"
         f"  files        {', '.join(files)}\n"
         f"  next         scaler export {shlex.quote(str(summary.run_dir))} --max-latency MS --format onnx -o DIR\n"

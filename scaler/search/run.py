@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import hashlib
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +50,12 @@ def _group_seed(archs: Sequence[LPSNetArch], rounds: int) -> int:
 
 @dataclasses.dataclass
 class SearchSummary:
-    """What one search session did: why it stopped, its trials, and where its time went (seconds)."""
+    """What one search session did: why it stopped, its trials, and where its time went (seconds).
+
+    ``train_seconds`` is training in this process; ``worker_train_seconds`` the training (and
+    evaluation) that other processes (``--workers``, ``scaler worker``) did for trials finished
+    during the session, which ran in parallel and so is not a share of ``seconds``.
+    """
 
     run_dir: Path
     study_name: str
@@ -59,6 +67,7 @@ class SearchSummary:
     seconds: float
     latency_seconds: float
     train_seconds: float
+    worker_train_seconds: float = 0.0
 
 
 def _space_record(space: SearchSpace, class_names: list[str]) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def run_search(
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
+    session_start = datetime.datetime.now()
     strategy_cls = strategy_class(strategy)
     info = open_dataset(space.dataset, "val", seed=space.training.seed).info
     if space.start.head.language_guided:
@@ -200,7 +210,24 @@ def run_search(
         seconds=time.perf_counter() - t0,
         latency_seconds=timings["latency"],
         train_seconds=timings["train"],
+        worker_train_seconds=_trained_elsewhere(trials, session_start),
     )
+
+
+def _trained_elsewhere(trials: Sequence[Any], since: datetime.datetime) -> float:
+    """Seconds other processes spent training and evaluating the trials they finished since ``since``."""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    total = 0.0
+    for t in trials:
+        if t.datetime_complete is None or t.datetime_complete < since:
+            continue
+        record = TrialRecord.from_trial(t)
+        owner = dict(record.owner or {})
+        if not owner or {k: owner.get(k) for k in me} == me:
+            continue
+        train = record.train or {}
+        total += float(train.get("train_seconds") or 0.0) + float(train.get("eval_seconds") or 0.0)
+    return total
 
 
 def _warn_if_busy(space: SearchSpace, log: Callable[[str], None]) -> None:

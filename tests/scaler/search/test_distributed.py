@@ -7,6 +7,7 @@ In CI (``CI=true``) a missing PostgreSQL is an error, not a skip.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import signal
@@ -48,9 +49,10 @@ def _scaler(*args: str) -> list[str]:
     return [sys.executable, "-m", "scaler.cli", *args]
 
 
-def _run(args: list[str], env: dict[str, str]) -> None:
+def _run(args: list[str], env: dict[str, str]) -> str:
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(args[2:])} exited {r.returncode}:\n{r.stderr[-3000:]}"
+    return r.stdout
 
 
 def _space(tmp_path: Path, iters: int, steps: int) -> Path:
@@ -142,9 +144,17 @@ def test_two_local_workers_share_a_journal(tmp_path):
     env = _env(tmp_path)
     space = _space(tmp_path, iters=30, steps=1)
     run_dir = tmp_path / "run"
-    _run(_scaler("search", "--space", str(space), "--out", str(run_dir), "--workers", "2", "--quiet"), env)
+    out = _run(_scaler("search", "--space", str(space), "--out", str(run_dir), "--workers", "2", "--json"), env)
     pids = _check_each_candidate_once(open_run(run_dir))
     assert len(pids) >= 2, "both workers should have evaluated candidates"
+    # The summary counts the workers' training (it said "training 0 s" when only local time counted).
+    summary = json.loads(out)
+    trained = sum(
+        t.user_attrs["train"]["train_seconds"] + t.user_attrs["train"]["eval_seconds"]
+        for t in open_run(run_dir).trials()
+        if t.user_attrs.get("train")
+    )
+    assert summary["train_seconds"] == 0 and summary["worker_train_seconds"] == pytest.approx(trained)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
