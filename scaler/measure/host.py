@@ -164,13 +164,12 @@ def guard_against_load(attempt: Callable[[], _T], settings: LatencySettings) -> 
         and how many attempts were discarded.
     """
     s = settings
-    guard = None if s.is_cuda else s.max_others_share
     retries = 0
     while True:
         # Looked up on the module each time, so tests can script the load there.
         with load.OthersCPU() as others:
             value = attempt()
-        if guard is None or others.share is None or others.share <= guard or retries >= s.load_retries:
+        if not s.over_load_limit(others.share) or retries >= s.load_retries:
             return value, others.share, retries
         retries += 1
-        load.wait_for_quiet(guard, s.quiet_wait_s)
+        load.wait_for_quiet(s.max_others_share, s.quiet_wait_s)

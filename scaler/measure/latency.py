@@ -99,7 +99,7 @@ def measure_latency(
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     # measure_once is looked up here at call time, so tests can count the attempts.
     (samples, reason, diff), others, retries = guard_against_load(lambda: measure_once(arch, given, s), s)
-    under_load = not s.is_cuda and s.max_others_share is not None and others is not None and others > s.max_others_share
+    under_load = s.over_load_limit(others)
     result = LatencyResult(
         arch=arch,
         **summarize(samples),

@@ -288,7 +288,7 @@ def measure_paired(
     with load.OthersCPU() as others:
         samples, diffs = _time_group(group, s, rounds, seed)
     share = others.share
-    under_load = not s.is_cuda and s.max_others_share is not None and share is not None and share > s.max_others_share
+    under_load = s.over_load_limit(share)
     result = PairedResult(
         archs=group,
         samples_ms=tuple(tuple(v) for v in samples),

@@ -133,6 +133,14 @@ class LatencySettings:
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    def over_load_limit(self, others_share: float | None) -> bool:
+        """Whether other processes' CPU share during a measurement was over ``max_others_share``.
+
+        Always ``False`` on CUDA, with the check off, or when the share is unknown.
+        """
+        limit = None if self.is_cuda else self.max_others_share
+        return limit is not None and others_share is not None and others_share > limit
+
     def rule(self) -> dict[str, Any]:
         """The stopping rule: settings that change the samples but not what is measured."""
         return {
