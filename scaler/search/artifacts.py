@@ -108,7 +108,10 @@ def trial_artifacts(store: RunStore, number: int) -> list[Artifact]:
     Raises:
         KeyError: No such trial.
     """
-    trial_id = _trial_id(store, number)
+    return _trial_artifacts(store, _trial_id(store, number))
+
+
+def _trial_artifacts(store: RunStore, trial_id: int) -> list[Artifact]:
     late = _metas(store.storage.get_study_system_attrs(store.study_id), f"{TRIAL_PREFIX}{trial_id}:")
     return late + _metas(store.storage.get_trial_system_attrs(trial_id), STUDY_PREFIX)
 
@@ -166,7 +169,7 @@ def attach_to_trial(
         KeyError: No such trial.
     """
     trial_id = _trial_id(store, number)
-    current = {a.filename: a for a in trial_artifacts(store, number)}
+    current = {a.filename: a for a in _trial_artifacts(store, trial_id)}
 
     def record(artifact: Artifact) -> None:
         key = f"{TRIAL_PREFIX}{trial_id}:{artifact.artifact_id}"
