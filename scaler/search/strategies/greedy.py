@@ -364,7 +364,7 @@ class GreedyStrategy(Strategy):
             numbers = "mIoU failed"
             if e is not None:
                 numbers = (
-                    f"{_signed(e.delta_ms)} ms [{_signed(e.delta_low)}, {_signed(e.delta_high)}], "
+                    f"{_signed_interval(e)} ms, "
                     f"mIoU {100 * (t.miou or 0):.2f}, slope {100 * e.slope:.4g} points/ms "
                     f"({_points(e.slope_low, e.slope_high)})"
                 )
@@ -425,7 +425,7 @@ def _signed(ms: float) -> str:
     return f"{ms:+.3f}"
 
 
-def _signed_interval(p: PairedLatency) -> str:
+def _signed_interval(p: PairedLatency | SlopeEstimate) -> str:
     return f"{_signed(p.delta_ms)} [{_signed(p.delta_low)}, {_signed(p.delta_high)}]"
 
 
