@@ -140,6 +140,17 @@ class PairedResult:
         est, low, high = median_interval(paired_differences(self.samples_ms[i], self.samples_ms[j]), confidence)
         return float(est), float(low), float(high)
 
+    def ratio(self, i: int, j: int = 0) -> float:
+        """Arch ``i``'s latency as a multiple of arch ``j``'s: the median of the per-round ratios.
+
+        A machine that runs everything slower for a while (frequency, a busy neighbour) moves both
+        networks of a round alike, so this is what stays put from one window, or run, to the next.
+
+        Raises:
+            IndexError: ``i`` or ``j`` is not an arch of the group.
+        """
+        return float(statistics.median(a / b for a, b in zip(self.samples_ms[i], self.samples_ms[j], strict=True)))
+
     def latency_record(self, i: int) -> dict[str, Any]:
         """What a trial's ``latency`` user attribute holds for arch ``i``.
 

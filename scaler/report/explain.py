@@ -39,6 +39,8 @@ class CandidateExplanation:
         operators: The operators that grew it from the parent.
         steplen: Times they were applied.
         latency_ms: Its latency (the paired median on a paired step).
+        start_ratio: Its latency as a multiple of the start network's, timed in the same pass (``None``:
+            not recorded; runs made before it).
         delta_ms: Latency gain over the parent (ms).
         delta_low: Lower end of its interval (``None``: a step without paired data, or unbounded).
         delta_high: Upper end.
@@ -57,6 +59,7 @@ class CandidateExplanation:
     operators: tuple[str, ...]
     steplen: int
     latency_ms: float | None
+    start_ratio: float | None
     delta_ms: float | None
     delta_low: float | None
     delta_high: float | None
@@ -86,12 +89,16 @@ class StepExplanation:
         step: The step (1 = the first expansion of the start network).
         parent: The parent's trial number.
         parent_latency_ms: The parent's latency the step compared against (paired median when paired).
+        parent_start_ratio: The parent's latency as a multiple of the start network's (paired steps that recorded it).
         parent_miou: The parent's mIoU.
         target_ms: The step's target latency.
         paired: Whether the step timed its parent and candidates together.
         rounds: Rounds of the step's first paired pass.
         confidence: Coverage of the intervals.
         others_cpu_share: Other processes' CPU share during the paired pass.
+        probe_rounds: Rounds of each paired probe that grew the operators to the target (``None``:
+            single measurements grew them).
+        probe_passes: How many paired probes the step took.
         dropped_over_budget: Candidates left out for being over the latency budget.
         candidates: Every candidate, in the order they were grown.
         decided: Whether the step has been decided (a running search may not have yet).
@@ -107,12 +114,15 @@ class StepExplanation:
     step: int
     parent: int | None
     parent_latency_ms: float | None
+    parent_start_ratio: float | None
     parent_miou: float | None
     target_ms: float | None
     paired: bool
     rounds: int | None
     confidence: float | None
     others_cpu_share: float | None
+    probe_rounds: int | None
+    probe_passes: int | None
     dropped_over_budget: int
     candidates: tuple[CandidateExplanation, ...]
     decided: bool
@@ -239,12 +249,15 @@ def _explain_step(
         step=plan.step,
         parent=plan.parent,
         parent_latency_ms=parent_ms,
+        parent_start_ratio=plan.parent_start_ratio,
         parent_miou=parent_miou,
         target_ms=plan.target_ms,
         paired=plan.paired,
         rounds=plan.rounds,
         confidence=confidence,
         others_cpu_share=plan.others_cpu_share,
+        probe_rounds=plan.probe_rounds,
+        probe_passes=plan.probe_passes,
         dropped_over_budget=plan.dropped_over_budget,
         candidates=tuple(rows),
         decided=decision is not None,
@@ -300,6 +313,7 @@ def _explain_candidate(
         operators=c.operators,
         steplen=c.steplen,
         latency_ms=latency,
+        start_ratio=None if p is None else p.start_ratio,
         delta_ms=delta,
         delta_low=low,
         delta_high=high,

@@ -259,19 +259,28 @@ def _explain_step(s: StepExplanation) -> list[str]:
     target = "-" if s.target_ms is None else f"{s.target_ms:.3f} ms"
     where = " timed with its candidates" if s.paired else ""
     lines = [f"step {s.step}: parent #{s.parent} ({parent_ms}{where}, {parent_miou}); target {target}"]
+    if s.probe_passes:
+        lines.append(
+            f"  grown to the target in {s.probe_passes} paired probes of {s.probe_rounds} rounds "
+            "(each network's latency: the parent's times their per-round ratio)"
+        )
     if s.paired:
         others = "" if s.others_cpu_share is None else f"; other processes used {s.others_cpu_share:.0%} of the CPUs"
-        lines.append(f"  timed with its parent in {s.rounds} paired rounds{others}")
+        start = "" if s.parent_start_ratio is None else f"; parent = {s.parent_start_ratio:.3f} x the start network"
+        lines.append(f"  timed with its parent in {s.rounds} paired rounds{others}{start}")
     else:
         lines.append("  no paired measurement: point values from single measurements, each in its own time window")
     if s.dropped_over_budget:
         lines.append(f"  {s.dropped_over_budget} candidates over the latency budget, dropped")
     if s.candidates:
         width = 28 if s.paired else 11
+        ratios = any(c.start_ratio is not None for c in s.candidates)
         lines.append(
-            f"  {'':1} {'trial':>5}  {'grew':<22} {'ms':>7}  {'Δlatency ms':<{width}} {'ΔmIoU':>6}  slope points/ms"
+            f"  {'':1} {'trial':>5}  {'grew':<22} {'ms':>7}  "
+            + (f"{'x start':>7}  " if ratios else "")
+            + f"{'Δlatency ms':<{width}} {'ΔmIoU':>6}  slope points/ms"
         )
-        lines += [_explain_candidate(c, s.paired, width) for c in s.candidates]
+        lines += [_explain_candidate(c, s.paired, width, ratios) for c in s.candidates]
     if s.decided:
         verdict = f"#{s.winner}" if s.winner is not None else "none, the search stopped here"
         lines.append(f"  winner     {verdict}: {s.reason}")
@@ -282,10 +291,12 @@ def _explain_step(s: StepExplanation) -> list[str]:
     return lines
 
 
-def _explain_candidate(c: CandidateExplanation, paired: bool, width: int) -> str:
+def _explain_candidate(c: CandidateExplanation, paired: bool, width: int, ratios: bool) -> str:
     trial = "-" if c.trial is None else str(c.trial)
     grew = f"{'+'.join(c.operators)} x{c.steplen}"
     ms = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
+    if ratios:
+        ms += "  " + format("-" if c.start_ratio is None else f"{c.start_ratio:.3f}", ">7")
     delta = "-" if c.delta_ms is None else f"{c.delta_ms:+.3f}"
     if paired and c.delta_ms is not None:
         delta += f" [{_end(c.delta_low, '+.3f')}, {_end(c.delta_high, '+.3f')}]"

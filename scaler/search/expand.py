@@ -10,7 +10,9 @@ An :class:`Operator` grows one dimension of an architecture by a fixed amount pe
 4. every candidate is trained, and the next parent is the one with the best
    ``(mIoU - parent mIoU) / (latency - parent latency)``.
 
-Latency is any callable ``arch -> milliseconds`` (measured, cached, or a model in tests).
+Latency is any callable ``arch -> milliseconds`` (measured, cached, or a model in tests), or one that
+times several networks at once (``propose_step(..., latency_many=...)``: a step's networks of one
+steplen timed together against the parent).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 LatencyFn = Callable[[LPSNetArch], float]
+LatencyManyFn = Callable[[Sequence[LPSNetArch]], Sequence[float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,18 +196,57 @@ def grow_to_target(
     Returns ``(arch, steplen, latency)``, or ``None`` when even one step breaks a constraint. When a
     constraint or ``max_steplen`` stops the growth first, the largest allowed step is returned.
     """
-    previous: tuple[LPSNetArch, int, float] | None = None
+    return _grow_all(parent, [op], target_ms, _one_by_one(latency), constraints, max_steplen, {})[0]
+
+
+def _one_by_one(latency: LatencyFn) -> LatencyManyFn:
+    return lambda archs: [latency(a) for a in archs]
+
+
+def _grow_all(
+    parent: LPSNetArch,
+    operators: Sequence[Operator],
+    target_ms: float,
+    latency_many: LatencyManyFn,
+    constraints: Constraints | None,
+    max_steplen: int,
+    known: dict[LPSNetArch, float],
+) -> list[tuple[LPSNetArch, int, float] | None]:
+    """:func:`grow_to_target` for every operator at once, level by level: at each steplen, the networks
+    of all operators still growing are measured in one call of ``latency_many`` (one paired pass
+    when it times them together). ``known`` holds latencies already measured, and is added to."""
+    done: list[tuple[LPSNetArch, int, float] | None] = [None] * len(operators)
+    previous: list[tuple[LPSNetArch, int, float] | None] = [None] * len(operators)
+    growing = list(range(len(operators)))
     for k in range(1, max_steplen + 1):
-        arch = apply_operator(parent, op, k, constraints)
-        if arch is None:
-            return previous
-        current = (arch, k, latency(arch))
-        if current[2] >= target_ms:
-            if previous is not None and abs(previous[2] - target_ms) < abs(current[2] - target_ms):
-                return previous
-            return current
-        previous = current
-    return previous
+        archs: dict[int, LPSNetArch] = {}
+        for i in growing:
+            arch = apply_operator(parent, operators[i], k, constraints)
+            if arch is None:
+                done[i] = previous[i]
+            else:
+                archs[i] = arch
+        growing = list(archs)
+        new = list(dict.fromkeys(a for a in archs.values() if a not in known))
+        if new:
+            known.update(zip(new, (float(ms) for ms in latency_many(new)), strict=True))
+        for i, arch in archs.items():
+            current = (arch, k, known[arch])
+            if current[2] >= target_ms:
+                before = previous[i]
+                done[i] = (
+                    before
+                    if before is not None and abs(before[2] - target_ms) < abs(current[2] - target_ms)
+                    else current
+                )
+                growing.remove(i)
+            else:
+                previous[i] = current
+        if not growing:
+            break
+    for i in growing:
+        done[i] = previous[i]
+    return done
 
 
 def propose_step(
@@ -214,16 +256,30 @@ def propose_step(
     constraints: Constraints | None = None,
     *,
     max_steplen: int = 64,
+    latency_many: LatencyManyFn | None = None,
 ) -> list[Candidate]:
-    """The candidates of one greedy step from ``parent`` (duplicates merged, operators listed)."""
-    one_step = [apply_operator(parent, op, 1, constraints) for op in operators]
-    latencies = [latency(a) for a in one_step if a is not None]
-    if not latencies:
+    """The candidates of one greedy step from ``parent`` (duplicates merged, operators listed).
+
+    Args:
+        parent: The network to grow.
+        operators: How it may grow.
+        latency: One network's latency (ms).
+        constraints: Limits no candidate may break.
+        max_steplen: Most times one operator is applied.
+        latency_many: Several networks' latencies at once (ms, in order); when given, it is used
+            instead of ``latency``: first for every one-step expansion together (the target), then
+            once per steplen for the networks of all operators still growing. The candidates are
+            the same as one network at a time would give with the same numbers.
+    """
+    many = latency_many or _one_by_one(latency)
+    one_step = list(dict.fromkeys(a for a in (apply_operator(parent, op, 1, constraints) for op in operators) if a))
+    if not one_step:
         return []
-    target = max(latencies)
+    known = dict(zip(one_step, (float(ms) for ms in many(one_step)), strict=True))
+    target = max(known.values())
     merged: dict[LPSNetArch, Candidate] = {}
-    for op in operators:
-        grown = grow_to_target(parent, op, target, latency, constraints, max_steplen)
+    grown_all = _grow_all(parent, operators, target, many, constraints, max_steplen, known)
+    for op, grown in zip(operators, grown_all, strict=True):
         if grown is None:
             continue
         arch, k, ms = grown

@@ -70,6 +70,11 @@ class GreedySettings:
         max_paired_rounds: Most rounds a step spends telling two close candidates apart (or
             re-measuring a candidate timed faster than its parent).
         confidence: Coverage of the latency-gain and slope intervals a decision is judged by.
+        probe_rounds: Rounds of the paired probes that grow each operator to the step's target: the
+            networks of one steplen are timed together with the parent, and each one's latency is
+            the parent's recorded latency times its median per-round ratio to the parent, so the
+            steplens do not follow the machine's speed from one window to the next. 0: one quick
+            single (cached) measurement per network instead, as runs before paired probes did.
 
     The paired options are left out of :meth:`to_dict` while at their defaults, so the stored space
     of a run made before they existed reads the same (it resumes unchanged).
@@ -80,6 +85,7 @@ class GreedySettings:
     paired_rounds: int = 15
     max_paired_rounds: int = 60
     confidence: float = 0.9
+    probe_rounds: int = 5
 
     def __post_init__(self) -> None:
         if self.max_steplen < 1:
@@ -91,6 +97,11 @@ class GreedySettings:
         if self.max_paired_rounds < self.paired_rounds:
             raise ValueError(
                 f"max_paired_rounds ({self.max_paired_rounds}) must be >= paired_rounds ({self.paired_rounds})"
+            )
+        if self.probe_rounds != 0 and not 3 <= self.probe_rounds <= self.max_paired_rounds:
+            raise ValueError(
+                f"probe_rounds must be 0 (single measurements) or 3 to max_paired_rounds ({self.max_paired_rounds}), "
+                f"got {self.probe_rounds}"
             )
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence must be in [0.5, 1), such as 0.9; got {self.confidence}")
@@ -104,7 +115,7 @@ class GreedySettings:
         return out
 
 
-_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence")
+_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence", "probe_rounds")
 
 
 @dataclasses.dataclass(frozen=True)

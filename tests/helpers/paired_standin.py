@@ -66,6 +66,9 @@ class StandInPaired:
         low, high = order_statistic_interval(diffs, confidence)
         return statistics.median(diffs), low, high
 
+    def ratio(self, i: int, j: int = 0) -> float:
+        return statistics.median(a / b for a, b in zip(self.samples_ms[i], self.samples_ms[j], strict=True))
+
     def latency_record(self, i: int) -> dict[str, Any]:
         s = sorted(self.samples_ms[i])
         group = "g" + "".join(a.arch_hash() for a in self.archs)[:11]

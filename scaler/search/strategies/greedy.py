@@ -29,7 +29,7 @@ measurements and decides by the point slopes alone, as the method does.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from models import LPSNetArch
@@ -172,8 +172,14 @@ class GreedyStrategy(Strategy):
         arch = parent.lps_arch
         assert arch is not None and parent.number is not None  # the start and its expansions are LPS-Nets
         actions: list[str] = []
-        candidates = propose_step(arch, sp.operators, ctx.latency_ms, sp.constraints, max_steplen=g.max_steplen)
-        check = self._check_target(arch, candidates, ctx)
+        probes: list[int] = []
+        many = self._probe(parent, ctx, probes)
+        candidates = propose_step(
+            arch, sp.operators, ctx.latency_ms, sp.constraints, max_steplen=g.max_steplen, latency_many=many
+        )
+        # A paired probe's ratios are medians over rounds that shared the machine's state: one
+        # disturbed moment does not set the target, so only single measurements are checked.
+        check = self._check_target(arch, candidates, ctx) if many is None else None
         if check is not None:
             top, check = check
             fixed = {top: check.again_ms}
@@ -219,6 +225,7 @@ class GreedyStrategy(Strategy):
             f"mIoU {100 * (parent.miou or 0):.2f}); target {target if target is None else round(target, 3)} ms; "
             f"{len(kept)} candidates"
             + (f" ({over} over budget, dropped)" if over else "")
+            + (f"; grown to it in {len(probes)} paired probes of {g.probe_rounds} rounds" if probes else "")
             + (
                 ""
                 if timing is None
@@ -233,13 +240,38 @@ class GreedyStrategy(Strategy):
             dropped_over_budget=over,
             candidates=tuple(kept),
             parent_ms=None if timing is None else timing.median_ms(0),
+            parent_start_ratio=None if paired is None else paired[3],
             rounds=None if timing is None else timing.rounds,
             confidence=None if timing is None else g.confidence,
             others_cpu_share=None if timing is None else timing.others_cpu_share,
             under_load=bool(timing is not None and timing.under_load),
             target_check=check,
+            probe_rounds=g.probe_rounds if probes else None,
+            probe_passes=len(probes) if probes else None,
             actions=tuple(actions),
         )
+
+    def _probe(
+        self, parent: TrialRecord, ctx: SearchContext, passes: list[int]
+    ) -> Callable[[Sequence[LPSNetArch]], list[float]] | None:
+        """The latency of several grown networks at once, timed with the parent (``None``: single measurements).
+
+        Each network's latency is the parent's recorded one times its median per-round ratio to the
+        parent in a paired pass of ``greedy.probe_rounds`` rounds: the steplens then depend on ratios
+        alone, which stay put while the machine's speed drifts. Appends each pass's size to ``passes``.
+        """
+        g = self.space.greedy
+        if ctx.paired is None or g.probe_rounds == 0 or parent.latency_ms is None:
+            return None
+        paired, rounds, arch, ref = ctx.paired, g.probe_rounds, parent.lps_arch, float(parent.latency_ms)
+        assert arch is not None
+
+        def many(archs: Sequence[LPSNetArch]) -> list[float]:
+            timing = paired([arch, *archs], rounds)
+            passes.append(len(archs))
+            return [ref * timing.ratio(i + 1, 0) for i in range(len(archs))]
+
+        return many
 
     def _check_target(
         self, arch: LPSNetArch, candidates: Sequence[Candidate], ctx: SearchContext
@@ -260,9 +292,12 @@ class GreedyStrategy(Strategy):
 
     def _time_together(
         self, arch: LPSNetArch, candidates: Sequence[Candidate], ctx: SearchContext, actions: list[str]
-    ) -> tuple[PairedTiming, list[PairedLatency], list[dict[str, Any]]] | None:
-        """The paired pass of the parent and ``candidates``: the pass, each candidate's numbers and latency record.
+    ) -> tuple[PairedTiming, list[PairedLatency], list[dict[str, Any]], float] | None:
+        """The paired pass of the parent and ``candidates``: the pass, each candidate's numbers and latency
+        record, and the parent's latency as a multiple of the start network's.
 
+        The start network is timed in the pass too (last, when it is not the parent), so that every
+        candidate's latency is also known relative to it (:attr:`PairedLatency.start_ratio`).
         A candidate timed faster than its parent beyond noise is timed again, with the parent, in twice
         the rounds (at most ``max_paired_rounds``); its numbers come from that pass, flagged if it
         is still faster.
@@ -271,16 +306,23 @@ class GreedyStrategy(Strategy):
         if not candidates:
             return None
         g = self.space.greedy
-        timing = ctx.paired([arch, *(c.arch for c in candidates)], g.paired_rounds)
-        numbers = [_paired_numbers(timing, i + 1, g.confidence) for i in range(len(candidates))]
+        start = self.space.start
+        extra = [] if arch == start else [start]
+
+        def time_with_parent(archs: list[LPSNetArch], rounds: int) -> tuple[PairedTiming, int]:
+            assert ctx.paired is not None
+            return ctx.paired([arch, *archs, *extra], rounds), len(archs) + 1 if extra else 0
+
+        timing, s = time_with_parent([c.arch for c in candidates], g.paired_rounds)
+        numbers = [_paired_numbers(timing, i + 1, g.confidence, s) for i in range(len(candidates))]
         records = [dict(timing.latency_record(i + 1)) for i in range(len(candidates))]
         faster = [i for i, n in enumerate(numbers) if n.delta_high < 0]
         if faster:
             rounds = min(2 * g.paired_rounds, g.max_paired_rounds)
-            again = ctx.paired([arch, *(candidates[i].arch for i in faster)], rounds)
+            again, s_again = time_with_parent([candidates[i].arch for i in faster], rounds)
             for j, i in enumerate(faster, 1):
                 first = numbers[i]
-                n = _paired_numbers(again, j, g.confidence)
+                n = _paired_numbers(again, j, g.confidence, s_again)
                 numbers[i] = dataclasses.replace(n, remeasured=True, faster_than_parent=n.delta_high < 0)
                 records[i] = dict(again.latency_record(j))
                 actions.append(
@@ -289,7 +331,7 @@ class GreedyStrategy(Strategy):
                     f"{_signed_interval(numbers[i])} ms, "
                     + ("still faster: flagged" if numbers[i].faster_than_parent else "no longer faster")
                 )
-        return timing, numbers, records
+        return timing, numbers, records, timing.ratio(0, s)
 
     def _decide(
         self, step: int, parent: TrialRecord, plan: StepPlan, latest: dict[str, TrialRecord], ctx: SearchContext
@@ -409,7 +451,8 @@ class GreedyStrategy(Strategy):
         )
 
 
-def _paired_numbers(timing: PairedTiming, i: int, confidence: float) -> PairedLatency:
+def _paired_numbers(timing: PairedTiming, i: int, confidence: float, start: int) -> PairedLatency:
+    """Arch ``i``'s numbers against the parent (index 0), and its ratio to the start network (index ``start``)."""
     delta, low, high = timing.delta_ms(i, 0, confidence)
     return PairedLatency(
         median_ms=timing.median_ms(i),
@@ -418,6 +461,7 @@ def _paired_numbers(timing: PairedTiming, i: int, confidence: float) -> PairedLa
         delta_high=high,
         rel_spread=timing.rel_spread(i),
         rounds=timing.rounds,
+        start_ratio=timing.ratio(i, start),
     )
 
 

@@ -47,6 +47,9 @@ class PairedLatency:
         faster_than_parent: Its whole interval is below 0 (after a re-measurement, when ``remeasured``):
             a grown network timed faster than the one it grew from, which the measurement cannot explain.
         remeasured: The numbers come from a second pass, because the first timed it faster than its parent.
+        start_ratio: Its latency as a multiple of the search's start network's, timed in the same pass
+            (the median per-round ratio): what stays put when the machine's speed drifts between
+            windows or runs. ``None`` in runs made before it was recorded.
     """
 
     median_ms: float
@@ -57,9 +60,10 @@ class PairedLatency:
     rounds: int
     faster_than_parent: bool = False
     remeasured: bool = False
+    start_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "median_ms": self.median_ms,
             "delta_ms": self.delta_ms,
             "delta_low": _store(self.delta_low),
@@ -69,6 +73,9 @@ class PairedLatency:
             "faster_than_parent": self.faster_than_parent,
             "remeasured": self.remeasured,
         }
+        if self.start_ratio is not None:
+            out["start_ratio"] = self.start_ratio
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PairedLatency:
@@ -81,6 +88,7 @@ class PairedLatency:
             rounds=int(d["rounds"]),
             faster_than_parent=bool(d.get("faster_than_parent", False)),
             remeasured=bool(d.get("remeasured", False)),
+            start_ratio=None if d.get("start_ratio") is None else float(d["start_ratio"]),
         )
 
 
@@ -178,6 +186,10 @@ class StepPlan:
         others_cpu_share: Other processes' share of the CPUs during the paired pass.
         under_load: The paired pass was timed while other processes used the machine.
         target_check: The target, measured again because no candidate came near it.
+        parent_start_ratio: The parent's latency as a multiple of the start network's, in the paired pass.
+        probe_rounds: Rounds of each paired probe that grew the operators to the target (``None``:
+            single measurements grew them).
+        probe_passes: How many such probes the step took.
         actions: What the planning did beyond the method's steps, one line each.
     """
 
@@ -193,6 +205,9 @@ class StepPlan:
     others_cpu_share: float | None = None
     under_load: bool = False
     target_check: TargetCheck | None = None
+    parent_start_ratio: float | None = None
+    probe_rounds: int | None = None
+    probe_passes: int | None = None
     actions: tuple[str, ...] = ()
 
     @property
@@ -219,6 +234,9 @@ class StepPlan:
             )
         if self.target_check is not None:
             out["target_check"] = self.target_check.to_dict()
+        for key in ("parent_start_ratio", "probe_rounds", "probe_passes"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.actions:
             out["actions"] = list(self.actions)
         return out
@@ -238,6 +256,9 @@ class StepPlan:
             others_cpu_share=None if d.get("others_cpu_share") is None else float(d["others_cpu_share"]),
             under_load=bool(d.get("under_load", False)),
             target_check=TargetCheck.from_dict(d["target_check"]) if d.get("target_check") else None,
+            parent_start_ratio=None if d.get("parent_start_ratio") is None else float(d["parent_start_ratio"]),
+            probe_rounds=None if d.get("probe_rounds") is None else int(d["probe_rounds"]),
+            probe_passes=None if d.get("probe_passes") is None else int(d["probe_passes"]),
             actions=tuple(str(a) for a in d.get("actions") or ()),
         )
 

@@ -178,6 +178,18 @@ def test_delta_interval_from_noisy_rounds(monkeypatch, scripted):
     assert low > 0  # the wider network is slower, surely, although the drift is 10x the difference
 
 
+def test_ratio_is_the_median_of_the_per_round_ratios(scripted):
+    # The drift is additive here, so each round's ratio differs; the median of the 15 is exact.
+    result = paired((TINY, WIDE), rounds=15)
+    ratios = sorted((BASE[WIDE] + d) / (BASE[TINY] + d) for d in DRIFT)
+    assert result.ratio(1) == pytest.approx(ratios[7]) and result.ratio(1, 0) == result.ratio(1)
+    assert result.ratio(0, 1) == pytest.approx(statistics.median(1 / r for r in ratios))
+    assert result.ratio(0, 0) == 1.0
+    assert result.ratio(1) < BASE[WIDE] / BASE[TINY]  # the shared drift pulls a ratio toward 1
+    with pytest.raises(IndexError):
+        result.ratio(2)
+
+
 def test_too_few_rounds_give_an_unbounded_interval(scripted):
     result = paired((TINY, WIDE), rounds=4)
     est, low, high = result.delta_ms(1)

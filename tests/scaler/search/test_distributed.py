@@ -25,13 +25,17 @@ from scaler.search.store import RunStore, open_run, open_storage
 
 pytestmark = pytest.mark.slow
 
+# The load guard is off (max_others_share: null) so that every measurement is cached even on a busy
+# test machine: the runs compared share one cache, which makes their latencies, and so their greedy
+# paths, the same (a measurement under load is otherwise taken again and never cached).
+
 SPACE = """\
 name: dist
 start: lpsnet_tiny
 input_size: 64x128
 dataset: synthetic:size=64x128,train=16,val=6
 constraints: {{width_divisor: 4, max_depth: 6, max_width: 96}}
-latency: {{device: cpu, threads: 1, min_samples: 5, max_samples: 20, time_cap_s: 0.5}}
+latency: {{device: cpu, threads: 1, min_samples: 5, max_samples: 20, time_cap_s: 0.5, max_others_share: null}}
 training: {{iters: {iters}, batch: 4, crop: 64x96, lr: 0.05, seed: 0}}
 stopping: {{max_steps: {steps}}}
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ def miou_model(depth_gain: float, width_gain: float) -> Callable[[LPSNetArch], f
 
 
 def make_space(budget: float | None = None, **greedy: Any):
+    """The step under test; its operators grow by quick single measurements unless ``probe_rounds`` is given."""
     return space_from_dict(
         {
             "name": "decide",
@@ -51,7 +53,7 @@ def make_space(budget: float | None = None, **greedy: Any):
             "operators": ["depth_4-5", "width_4-5"],
             "constraints": {"max_depth": 8, "max_width": 512},
             "stopping": {"max_steps": 1, "latency_budget_ms": budget},
-            "greedy": {"max_steplen": 8, **greedy},
+            "greedy": {"max_steplen": 8, "probe_rounds": 0, **greedy},
         }
     )
 
@@ -346,11 +348,135 @@ def test_without_a_paired_measurement_the_step_decides_by_points_as_the_method_d
 
 def test_the_paired_options_are_validated_and_left_out_of_the_stored_space_at_their_defaults():
     assert "paired_rounds" not in make_space().to_dict()["greedy"]
+    assert "probe_rounds" not in make_space(probe_rounds=5).to_dict()["greedy"]
     changed = make_space(paired_rounds=21, confidence=0.95).to_dict()["greedy"]
-    assert changed == {"max_steplen": 8, "noise_floor_ms": 0.05, "paired_rounds": 21, "confidence": 0.95}
+    assert changed == {
+        "max_steplen": 8,
+        "noise_floor_ms": 0.05,
+        "paired_rounds": 21,
+        "confidence": 0.95,
+        "probe_rounds": 0,
+    }
+    with pytest.raises(SpaceError, match=r"greedy: probe_rounds must be 0 \(single measurements\) or 3 to"):
+        make_space(probe_rounds=2)
     with pytest.raises(SpaceError, match=r"greedy: max_paired_rounds \(10\) must be >= paired_rounds \(15\)"):
         make_space(max_paired_rounds=10)
     with pytest.raises(SpaceError, match=r"greedy: confidence must be in \[0.5, 1\), such as 0.9; got 1.0"):
         make_space(confidence=1)
     with pytest.raises(SpaceError, match=r"greedy: paired_rounds must be >= 5"):
         make_space(paired_rounds=3)
+
+
+# Four operators whose one-step expansions cost 0.5 (depth), 0.25 (width) and 0.6 ms (the target),
+# so that the steplens depend on how each network compares with the others.
+PROBE_OPS = ["depth_4-5", "width_4-5", "width_3-5", "depth_3-5"]
+
+
+def probe_ms(arch: LPSNetArch) -> float:
+    return (
+        1.0
+        + 0.25 * (arch.depth[3] + arch.depth[4] - 2)
+        + 0.3 * (arch.depth[2] - 1)
+        + (arch.width[3] + arch.width[4] - 64) / 256
+        + (arch.width[2] - 16) / 64
+    )
+
+
+class SpeedDrift:
+    """A machine whose speed changes between calls (every network of one call alike): seeded factors in [1, 1.6)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.speed = 1.0
+        self.fake = FakePaired(lambda a: self.speed * probe_ms(a))
+        self.quick_calls = 0
+
+    def paired(self, archs, rounds):
+        self.speed = 1.0 + 0.6 * self.rng.random()
+        return self.fake(archs, rounds=rounds, seed=0)
+
+    def quick(self, arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
+        self.quick_calls += 1
+        return {"median_ms": (1.0 + 0.6 * self.rng.random()) * probe_ms(arch)}
+
+
+def probe_space(probe_rounds: int, max_steps: int = 1):
+    return space_from_dict(
+        {
+            "name": "probe",
+            "start": "lpsnet_tiny",
+            "input_size": "64x128",
+            "dataset": "synthetic",
+            "operators": PROBE_OPS,
+            "constraints": {"max_depth": 12, "max_width": 512},
+            "stopping": {"max_steps": max_steps},
+            "greedy": {"max_steplen": 8, "probe_rounds": probe_rounds},
+        }
+    )
+
+
+def steplens(plan: StepPlan) -> dict[str, int]:
+    return {"+".join(c.operators): c.steplen for c in plan.candidates}
+
+
+def test_paired_probes_grow_every_operator_by_ratios_so_the_machines_speed_does_not_move_the_steplens():
+    exact = probe_space(0)
+    ctx = SearchContext(
+        space=exact, latency=lambda a, refresh=False: {"median_ms": probe_ms(a)}, get={}.get, put=lambda k, v: None
+    )
+    kv: dict[str, Any] = {}
+    ctx = dataclasses.replace(ctx, get=kv.get, put=kv.__setitem__)
+    drive(exact, ctx, lambda a: 0.3)
+    want = steplens(StepPlan.from_dict(kv["plan_1"]))
+    assert want == {"depth_4-5": 2, "width_4-5": 3, "width_3-5": 2, "depth_3-5": 1}
+
+    space = probe_space(5)
+    for seed in range(3):
+        machine = SpeedDrift(seed)
+        kv = {}
+        ctx = SearchContext(space=space, latency=machine.quick, get=kv.get, put=kv.__setitem__, paired=machine.paired)
+        drive(space, ctx, lambda a: 0.3)
+        plan = StepPlan.from_dict(kv["plan_1"])
+        assert steplens(plan) == want
+        # One probe for the one-step expansions, one per further steplen of the operators still growing,
+        # each with the parent first, in the probe's rounds; then the step's own pass.
+        probes = machine.fake.calls[:-1]
+        assert plan.probe_rounds == 5 and plan.probe_passes == len(probes) == 4
+        assert all(group[0] == TINY and rounds == 5 for group, rounds in probes)
+        assert [len(group) - 1 for group, _ in probes] == [4, 3, 1, 1]
+        assert machine.fake.calls[-1][1] == 15 and machine.quick_calls == 1  # only the start, once
+        # The quick numbers are the parent's recorded latency times each network's ratio to it.
+        start_ms = kv["plan_1"]["candidates"][0]["quick_ms"] / (probe_ms(plan.candidates[0].arch) / probe_ms(TINY))
+        for c in plan.candidates:
+            assert c.quick_ms == pytest.approx(start_ms * probe_ms(c.arch) / probe_ms(TINY))
+
+    # Single quick measurements on the same machine follow its speed: the steplens move.
+    single = probe_space(0)
+    moved = 0
+    for seed in range(3):
+        machine = SpeedDrift(seed)
+        kv = {}
+        ctx = SearchContext(space=single, latency=machine.quick, get=kv.get, put=kv.__setitem__, paired=machine.paired)
+        drive(single, ctx, lambda a: 0.3)
+        moved += steplens(StepPlan.from_dict(kv["plan_1"])) != want
+    assert moved >= 2
+
+
+def test_every_paired_pass_times_the_start_network_too_so_latencies_are_known_relative_to_it():
+    space = probe_space(5, max_steps=2)
+    machine = SpeedDrift(7)
+    kv: dict[str, Any] = {}
+    ctx = SearchContext(space=space, latency=machine.quick, get=kv.get, put=kv.__setitem__, paired=machine.paired)
+    # Width pays best, so step 2 grows from a widened parent.
+    drive(space, ctx, lambda a: 0.3 + 0.001 * (a.width[3] + a.width[2]) - 0.01 * sum(a.depth))
+    plan1, plan2 = StepPlan.from_dict(kv["plan_1"]), StepPlan.from_dict(kv["plan_2"])
+    assert plan1.parent_start_ratio == pytest.approx(1.0)
+    for c in plan1.candidates:
+        assert c.paired.start_ratio == pytest.approx(probe_ms(c.arch) / probe_ms(TINY))
+    step_pass = machine.fake.calls[-1][0]
+    assert step_pass[-1] == TINY and step_pass[0] != TINY  # the start, last, beside a grown parent
+    assert plan2.parent_start_ratio == pytest.approx(probe_ms(step_pass[0]) / probe_ms(TINY))
+    for c in plan2.candidates:
+        assert c.paired.start_ratio == pytest.approx(probe_ms(c.arch) / probe_ms(TINY))
+        assert c.paired.median_ms == pytest.approx(machine.speed * probe_ms(c.arch))
+    assert StepPlan.from_dict(plan2.to_dict()) == plan2
