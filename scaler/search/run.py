@@ -149,8 +149,12 @@ def run_search(
 
         def latency(arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
             t = time.perf_counter()
-            result = measure_latency(arch, space.latency, cache=cache, refresh=refresh)
-            timings["latency"] += time.perf_counter() - t
+            try:
+                result = measure_latency(arch, space.latency, cache=cache, refresh=refresh)
+            except RuntimeError as e:  # a device gone, a driver error: nothing a candidate did
+                raise _measurement_failed(e, space, run_dir, arch.inline()) from e
+            finally:
+                timings["latency"] += time.perf_counter() - t
             d = result.to_dict()
             d.pop("samples_ms", None)
             if d.get("under_load"):
@@ -167,16 +171,21 @@ def run_search(
                 result = measure_paired(
                     list(archs), space.latency, rounds=rounds, seed=_group_seed(archs, rounds), cache=cache
                 )
+            except RuntimeError as e:
+                raise _measurement_failed(e, space, run_dir, f"{len(archs)} networks together") from e
             finally:
                 timings["latency"] += time.perf_counter() - t
-            if result.under_load:
+            if result.under_load and not warned_load:
+                warned_load.append(True)
                 share = "" if result.others_cpu_share is None else f" ({result.others_cpu_share:.0%} of the CPUs)"
                 log(
                     f"warning: {len(archs)} networks were timed together while other processes used the machine"
                     f"{share}, even after waiting for them; their latencies are likely inflated (their differences "
-                    "less so: every network shared the window)"
+                    "less so: every network shared the window; said once, each step's record keeps its share)"
                 )
             return result
+
+        warned_load: list[bool] = []
 
         _warn_if_busy(space, log)
         bars = SearchBars(space, strategy_cls, progress)
@@ -228,6 +237,16 @@ def _trained_elsewhere(trials: Sequence[Any], since: datetime.datetime) -> float
         train = record.train or {}
         total += float(train.get("train_seconds") or 0.0) + float(train.get("eval_seconds") or 0.0)
     return total
+
+
+def _measurement_failed(e: RuntimeError, space: SearchSpace, run_dir: Path, what: str) -> UserError:
+    """The one line for a latency measurement the device could not take (gone, driver error): the search stops
+    before recording anything of the step it was planning, so the run resumes where it was."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(
+        f"latency measurement on {space.latency.device} failed while timing {what}: {first}; the run in "
+        f"{run_dir} is intact: check the device, then run the same command to resume"
+    )
 
 
 def _warn_if_busy(space: SearchSpace, log: Callable[[str], None]) -> None:
