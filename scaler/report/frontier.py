@@ -1,7 +1,9 @@
 """The Pareto frontier of a run (latency down, mIoU up) and its hypervolume.
 
 Trials that carry a ``reference`` attribute (a named model measured for comparison) are left out of
-the frontier and the hypervolume by default: they are not results of the search.
+the frontier and the hypervolume by default: they are not results of the search. Seed replicas
+(``seed_of``: a network trained again with another seed to break a greedy tie) are always left out:
+their mIoU is a second reading of their trial's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def _complete(df: pd.DataFrame, include_reference: bool) -> pd.DataFrame:
     ok = (df["state"] == "COMPLETE") & df["latency_ms"].map(finite) & df["miou"].map(finite)
     if not include_reference:
         ok &= df["reference"].isna()
+    if "seed_of" in df:  # a seed replica's mIoU is a second reading of its trial's, not a network of its own
+        ok &= df["seed_of"].isna()
     return df[ok]
 
 

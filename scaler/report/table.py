@@ -40,13 +40,15 @@ TRIAL_COLUMNS = [
     "fail_reason",
     "over_budget",
     "retry_of",
+    "seed_of",
+    "train_seed",
     "weights",
     "device",
     "latency_fingerprint",
 ]
 
 
-_INT_COLUMNS = ("step", "parent", "steplen", "retry_of", "num_paths")
+_INT_COLUMNS = ("step", "parent", "steplen", "retry_of", "seed_of", "train_seed", "num_paths")
 _KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
 
 
@@ -119,6 +121,8 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
             "fail_reason": t.fail_reason,
             "over_budget": t.over_budget,
             "retry_of": t.retry_of,
+            "seed_of": t.seed_of,
+            "train_seed": t.train_seed,
             "weights": t.weights,
             "device": t.fingerprint.get("device_name"),
             "latency_fingerprint": t.fingerprint_hash,

@@ -41,6 +41,8 @@ class Attr:
     FAIL_REASON = "fail_reason"
     OVER_BUDGET = "over_budget"
     RETRY_OF = "retry_of"
+    SEED_OF = "seed_of"
+    TRAIN_SEED = "train_seed"
     REFERENCE = "reference"
     WEIGHTS = "weights"
     SAMPLER_SYSTEM_ATTRS = "sampler_system_attrs"
@@ -58,12 +60,15 @@ class TrialKind(str, enum.Enum):
 
     ``candidate``: proposed by the strategy and trained; ``over_budget``: proposed, measured over
     the latency budget and recorded untrained; ``retry``: a candidate queued again after its worker
-    died; ``reference``: a named model measured and trained for comparison, not part of the search.
+    died; ``seed``: a candidate (or a step's parent) trained again with another training seed, to tell
+    two close candidates apart (greedy ``tie_seed``); ``reference``: a named model measured and trained
+    for comparison, not part of the search.
     """
 
     CANDIDATE = "candidate"
     OVER_BUDGET = "over_budget"
     RETRY = "retry"
+    SEED = "seed"
     REFERENCE = "reference"
 
 
@@ -109,6 +114,8 @@ class TrialRecord:
         fail_reason: Why the trial failed, when it did.
         over_budget: Measured over the latency budget and not trained.
         retry_of: The trial this one re-queues after its worker died.
+        seed_of: The trial whose architecture this one trains again with another seed (``train_seed``).
+        train_seed: The training seed, when not the space's.
         reference: The named model this trial measures for comparison.
         weights: Where the proxy-trained weights were kept (relative to the run folder when inside it).
         sampler_system_attrs: A baseline's shadow-trial system attributes (NSGA-II's generation, say).
@@ -133,6 +140,8 @@ class TrialRecord:
     fail_reason: str | None = None
     over_budget: bool = False
     retry_of: int | None = None
+    seed_of: int | None = None
+    train_seed: int | None = None
     reference: str | None = None
     weights: str | None = None
     sampler_system_attrs: Mapping[str, Any] | None = None
@@ -157,6 +166,8 @@ class TrialRecord:
             return TrialKind.REFERENCE
         if self.over_budget:
             return TrialKind.OVER_BUDGET
+        if self.seed_of is not None:
+            return TrialKind.SEED
         if self.retry_of is not None:
             return TrialKind.RETRY
         return TrialKind.CANDIDATE
@@ -164,6 +175,11 @@ class TrialRecord:
     @property
     def is_reference(self) -> bool:
         return self.reference is not None
+
+    @property
+    def is_seed_replica(self) -> bool:
+        """Trained again with another seed: its mIoU belongs to the trial it replicates, not to the frontier."""
+        return self.seed_of is not None
 
     @property
     def lps_arch(self) -> LPSNetArch | None:
@@ -223,6 +239,8 @@ class TrialRecord:
             Attr.FAIL_REASON: self.fail_reason,
             Attr.OVER_BUDGET: True if self.over_budget else None,
             Attr.RETRY_OF: self.retry_of,
+            Attr.SEED_OF: self.seed_of,
+            Attr.TRAIN_SEED: self.train_seed,
             Attr.REFERENCE: self.reference,
             Attr.WEIGHTS: self.weights,
             Attr.SAMPLER_SYSTEM_ATTRS: None if self.sampler_system_attrs is None else dict(self.sampler_system_attrs),
@@ -261,6 +279,8 @@ class TrialRecord:
             fail_reason=a.get(Attr.FAIL_REASON),
             over_budget=bool(a.get(Attr.OVER_BUDGET, False)),
             retry_of=int_or_none(a.get(Attr.RETRY_OF)),
+            seed_of=int_or_none(a.get(Attr.SEED_OF)),
+            train_seed=int_or_none(a.get(Attr.TRAIN_SEED)),
             reference=a.get(Attr.REFERENCE),
             weights=a.get(Attr.WEIGHTS),
             sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),
@@ -280,6 +300,24 @@ class TrialRecord:
         if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 2:
             values = (float(t.values[0]), float(t.values[1]))
         return cls.from_user_attrs(t.user_attrs, number=t.number, state=t.state, values=values)
+
+    def replicated(self, seed: int) -> TrialRecord:
+        """A fresh copy of this (numbered) trial to train again with training seed ``seed``: same latency record."""
+        assert self.number is not None
+        return dataclasses.replace(
+            self,
+            train=None,
+            fail_reason=None,
+            retry_of=None,
+            weights=None,
+            owner=None,
+            heartbeat=None,
+            seed_of=self.number,
+            train_seed=seed,
+            number=None,
+            state=None,
+            values=None,
+        )
 
     def requeued(self, number: int) -> TrialRecord:
         """A fresh copy of this record to queue again after trial ``number``'s worker died."""

@@ -75,6 +75,10 @@ class GreedySettings:
             the parent's recorded latency times its median per-round ratio to the parent, so the
             steplens do not follow the machine's speed from one window to the next. 0: one quick
             single (cached) measurement per network instead, as runs before paired probes did.
+        tie_seed: A second training seed for a tie: when the best two slopes' intervals still overlap
+            after ``max_paired_rounds``, both contenders and the step's parent are trained again with
+            this seed, and their mean mIoU over the two seeds decides. ``None`` (the default): the
+            point estimate decides, and the step is recorded as not sure.
 
     The paired options are left out of :meth:`to_dict` while at their defaults, so the stored space
     of a run made before they existed reads the same (it resumes unchanged).
@@ -86,6 +90,7 @@ class GreedySettings:
     max_paired_rounds: int = 60
     confidence: float = 0.9
     probe_rounds: int = 5
+    tie_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steplen < 1:
@@ -115,7 +120,7 @@ class GreedySettings:
         return out
 
 
-_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence", "probe_rounds")
+_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence", "probe_rounds", "tie_seed")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,9 @@ def evaluate_claim(
         Whether the trial was recorded COMPLETE (``False`` if it failed or was reaped meanwhile).
     """
     save = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
+    seed = claim.record.train_seed
+    if seed is not None:  # a seed replica: the same recipe with another seed
+        training = dataclasses.replace(training, seed=seed)
     with store.heartbeat(claim):
         result = train_and_evaluate(claim.arch, training, progress=progress, save=save)
     train = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}

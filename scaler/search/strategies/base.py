@@ -209,8 +209,9 @@ def make_strategy(name: str, space: SearchSpace, seed: int = 0, batch: int = 1) 
 
 
 def search_trials(history: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The trials a strategy decides from: every one but the references."""
-    return [t for t in history if not t.is_reference]
+    """The trials a strategy decides from: every one but the references and the seed replicas (a strategy
+    that asks for replicas reads them from the whole history)."""
+    return [t for t in history if not t.is_reference and not t.is_seed_replica]
 
 
 def latest_by_hash(history: Sequence[TrialRecord]) -> dict[str, TrialRecord]:

@@ -3,11 +3,15 @@ from latencies timed side by side and keeping what it knows of their uncertainty
 
 A step, as this strategy takes it:
 
-1. each operator grows the parent to the step's target, with quick single (cached) measurements.
-   When no other grown candidate comes near the target (every one under ``OUTLIER_RATIO`` of it),
-   the measurement that set the target is taken for an outlier: it is measured again without the
-   cache and the step planned again with that number, before any candidate is queued;
-2. the parent and every grown candidate are timed together in one paired pass
+1. each operator grows the parent to the step's target (the slowest one-step expansion), the
+   networks of each steplen timed together with the parent in short paired probes
+   (``greedy.probe_rounds``): a network's latency is the parent's times its median per-round ratio
+   to it, so the steplens follow ratios, not the machine's speed. With ``probe_rounds: 0`` (or no
+   paired measurement) each network is measured alone (cached); then, when no other grown candidate
+   comes near the target (every one under ``OUTLIER_RATIO`` of it), the measurement that set the
+   target is taken for an outlier: it is measured again without the cache and the step planned
+   again with that number, before any candidate is queued;
+2. the parent, every grown candidate and the start network are timed together in one paired pass
    (:attr:`SearchContext.paired`: interleaved rounds, the same machine state for all). Each
    candidate's latency, and its latency gain over the parent with an interval, come from that pass,
    and the latency budget is checked against them. A candidate timed faster than its parent beyond
@@ -15,8 +19,11 @@ A step, as this strategy takes it:
 3. the workers train the candidates; each one's slope is (mIoU gain) / (latency gain), with the
    interval its latency gain's interval allows (:class:`SlopeEstimate`, which explains the noise floor);
 4. when the best and the second-best slope's intervals overlap, those two are timed with the parent
-   again with twice the rounds, up to ``greedy.max_paired_rounds``; if they still overlap, the
-   point estimate decides and the decision is recorded as not sure, with the overlap.
+   again with twice the rounds, up to ``greedy.max_paired_rounds``. If they still overlap and the
+   space names a ``greedy.tie_seed``, both and the parent are trained again with that seed (seed
+   replicas, recorded as ``tie_<s>`` first so that a resume never times them again) and their mean
+   mIoU over the two seeds decides; otherwise, or if they overlap even then, the point estimate
+   decides and the decision is recorded as not sure, with the overlap.
 
 Each step is recorded in the run twice (:mod:`~scaler.search.strategies.greedy_steps`): its
 :class:`StepPlan` (``plan_<s>``, written when proposed) and its :class:`StepDecision` (``step_<s>``).
@@ -66,6 +73,7 @@ __all__ = [
 
 _PLAN_KEY = "plan_{}"
 _STEP_KEY = "step_{}"
+_TIE_KEY = "tie_{}"
 
 # A target is an outlier when every other grown candidate stays under this share of it: growing
 # an operator up to its limits should come near a real target, as the operators' steps are small.
@@ -109,8 +117,9 @@ class GreedyStrategy(Strategy):
 
     def propose(self, history: Sequence[TrialRecord], ctx: SearchContext) -> Decision:
         sp = self.space
+        replicas = [t for t in history if t.is_seed_replica]
         history = search_trials(history)
-        if any(t.pending for t in history):
+        if any(t.pending for t in history) or any(t.pending for t in replicas):
             return Decision.wait()
         latest = latest_by_hash(history)
         start_hash = sp.start.arch_hash()
@@ -157,7 +166,10 @@ class GreedyStrategy(Strategy):
                 )
             stored = ctx.get(_STEP_KEY.format(step))
             if stored is None:
-                decision = self._decide(step, parent, plan, latest, ctx)
+                decided = self._decide(step, parent, plan, latest, replicas, ctx)
+                if not isinstance(decided, StepDecision):
+                    return Decision.propose(decided)
+                decision = decided
                 ctx.put(_STEP_KEY.format(step), decision.to_dict())
             else:
                 decision = StepDecision.from_dict(stored, step=step)
@@ -334,45 +346,70 @@ class GreedyStrategy(Strategy):
         return timing, numbers, records, timing.ratio(0, s)
 
     def _decide(
-        self, step: int, parent: TrialRecord, plan: StepPlan, latest: dict[str, TrialRecord], ctx: SearchContext
-    ) -> StepDecision:
+        self,
+        step: int,
+        parent: TrialRecord,
+        plan: StepPlan,
+        latest: dict[str, TrialRecord],
+        replicas: Sequence[TrialRecord],
+        ctx: SearchContext,
+    ) -> StepDecision | list[TrialRecord]:
+        """The step's decision, or the seed replicas to train first (``greedy.tie_seed``, a tie)."""
         trials = [latest[c.arch_hash] for c in plan.candidates]
         if not plan.paired:
             return self._decide_by_points(step, parent, trials, ctx)
         g = self.space.greedy
         assert parent.miou is not None and parent.number is not None  # only a complete parent grows
-        estimates: dict[int, SlopeEstimate] = {}
-        for c, t in zip(plan.candidates, trials, strict=True):
-            if t.miou is not None and c.paired is not None and t.number is not None:
-                p = c.paired
-                gain = t.miou - parent.miou
-                estimates[t.number] = SlopeEstimate.of(
-                    gain, p.delta_ms, p.delta_low, p.delta_high, floor_ms=g.noise_floor_ms, rounds=p.rounds
-                )
         order = {t.number: k for k, t in enumerate(trials)}
-        archs = {t.number: t.lps_arch for t in trials}
-        actions: list[str] = []
-        rounds = plan.rounds or g.paired_rounds
-        while True:
+        tie = ctx.get(_TIE_KEY.format(step))
+        if tie is None:
+            estimates, actions, overlap = self._time_apart(parent, plan, trials, ctx)
             ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
-            overlap = None
-            if len(ranked) < 2 or estimates[ranked[0]].slope <= 0:
-                break
-            a, b = ranked[:2]
-            overlap = estimates[a].overlap(estimates[b])
-            if overlap is None or ctx.paired is None or rounds >= g.max_paired_rounds:
-                break
-            rounds = min(2 * rounds, g.max_paired_rounds)
-            timing = ctx.paired([parent.lps_arch, archs[a], archs[b]], rounds)  # type: ignore[list-item]
-            for j, n in ((1, a), (2, b)):
-                delta, low, high = timing.delta_ms(j, 0, g.confidence)
+            if overlap is not None and g.tie_seed is not None:
+                # Recorded before the replicas are queued: a resumed search goes on from here and
+                # never times the contenders again.
+                tie = {
+                    "contenders": ranked[:2],
+                    "seed": g.tie_seed,
+                    "estimates": {str(n): e.to_dict() for n, e in estimates.items()},
+                    "actions": actions,
+                }
+                ctx.put(_TIE_KEY.format(step), tie)
+        if tie is not None:
+            estimates = {int(n): SlopeEstimate.from_dict(e) for n, e in tie["estimates"].items()}
+            actions = list(tie["actions"])
+            by_number = {t.number: t for t in [parent, *trials]}
+            numbers = [parent.number, *(int(n) for n in tie["contenders"])]
+            seed = int(tie["seed"])
+            done = {t.seed_of: t for t in replicas if t.train_seed == seed and not t.pending}
+            missing = [by_number[n].replicated(seed) for n in numbers if n not in done]
+            if missing:
+                ctx.log(
+                    f"step {step}: #{numbers[1]} and #{numbers[2]} still overlap after {g.max_paired_rounds} paired "
+                    f"rounds; training them and the parent #{parent.number} again with seed {seed}"
+                )
+                return missing
+            means = {n: _mean_miou(by_number[n], done[n]) for n in numbers}
+            for n in numbers[1:]:
+                e = estimates[n]
                 estimates[n] = SlopeEstimate.of(
-                    estimates[n].miou_gain, delta, low, high, floor_ms=g.noise_floor_ms, rounds=rounds
+                    means[n] - means[parent.number],
+                    e.delta_ms,
+                    e.delta_low,
+                    e.delta_high,
+                    floor_ms=g.noise_floor_ms,
+                    rounds=e.rounds,
                 )
             actions.append(
-                f"#{a} and #{b}: slope intervals overlapped ({_points(*overlap)}); "
-                f"timed both with the parent again in {rounds} paired rounds"
+                f"#{numbers[1]} and #{numbers[2]} still overlapped: trained them and the parent #{parent.number} "
+                f"again with seed {seed}; mean mIoU over both seeds "
+                + ", ".join(f"#{n} {_seeds_text(by_number[n], done[n], means[n])}" for n in numbers)
+                + "; the mean gains decide"
             )
+            ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
+            overlap = None
+            if len(ranked) >= 2 and estimates[ranked[0]].slope > 0:
+                overlap = estimates[ranked[0]].overlap(estimates[ranked[1]])
         slopes = {t.number: (estimates[t.number].slope if t.number in estimates else None) for t in trials}
         winner = None
         if not ranked:
@@ -417,6 +454,46 @@ class GreedyStrategy(Strategy):
             + (f"#{winner} ({reason}; {decision.certainty()})" if winner is not None else f"none ({reason})")
         )
         return decision
+
+    def _time_apart(
+        self, parent: TrialRecord, plan: StepPlan, trials: Sequence[TrialRecord], ctx: SearchContext
+    ) -> tuple[dict[int, SlopeEstimate], list[str], tuple[float, float] | None]:
+        """Each trained candidate's slope estimate; while the best two overlap, both are timed with the parent
+        again in twice the rounds (up to ``max_paired_rounds``). Returns the estimates, what was done, and
+        the best two's overlap (``None``: apart, or fewer than two gaining candidates)."""
+        g = self.space.greedy
+        assert parent.miou is not None
+        estimates: dict[int, SlopeEstimate] = {}
+        for c, t in zip(plan.candidates, trials, strict=True):
+            if t.miou is not None and c.paired is not None and t.number is not None:
+                p = c.paired
+                gain = t.miou - parent.miou
+                estimates[t.number] = SlopeEstimate.of(
+                    gain, p.delta_ms, p.delta_low, p.delta_high, floor_ms=g.noise_floor_ms, rounds=p.rounds
+                )
+        order = {t.number: k for k, t in enumerate(trials)}
+        archs = {t.number: t.lps_arch for t in trials}
+        actions: list[str] = []
+        rounds = plan.rounds or g.paired_rounds
+        while True:
+            ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
+            if len(ranked) < 2 or estimates[ranked[0]].slope <= 0:
+                return estimates, actions, None
+            a, b = ranked[:2]
+            overlap = estimates[a].overlap(estimates[b])
+            if overlap is None or ctx.paired is None or rounds >= g.max_paired_rounds:
+                return estimates, actions, overlap
+            rounds = min(2 * rounds, g.max_paired_rounds)
+            timing = ctx.paired([parent.lps_arch, archs[a], archs[b]], rounds)  # type: ignore[list-item]
+            for j, n in ((1, a), (2, b)):
+                delta, low, high = timing.delta_ms(j, 0, g.confidence)
+                estimates[n] = SlopeEstimate.of(
+                    estimates[n].miou_gain, delta, low, high, floor_ms=g.noise_floor_ms, rounds=rounds
+                )
+            actions.append(
+                f"#{a} and #{b}: slope intervals overlapped ({_points(*overlap)}); "
+                f"timed both with the parent again in {rounds} paired rounds"
+            )
 
     def _decide_by_points(
         self, step: int, parent: TrialRecord, trials: list[TrialRecord], ctx: SearchContext
@@ -463,6 +540,17 @@ def _paired_numbers(timing: PairedTiming, i: int, confidence: float, start: int)
         rounds=timing.rounds,
         start_ratio=timing.ratio(i, start),
     )
+
+
+def _mean_miou(trial: TrialRecord, replica: TrialRecord) -> float:
+    """A trial's mIoU averaged with its seed replica's (the trial's alone when the replica failed)."""
+    assert trial.miou is not None
+    return trial.miou if replica.miou is None else (trial.miou + replica.miou) / 2
+
+
+def _seeds_text(trial: TrialRecord, replica: TrialRecord, mean: float) -> str:
+    again = "failed" if replica.miou is None else f"{100 * replica.miou:.2f}"
+    return f"{100 * (trial.miou or 0):.2f} / {again} -> {100 * mean:.2f}"
 
 
 def _signed(ms: float) -> str:

@@ -83,10 +83,20 @@ def paired_ctx(space, fake: Callable[..., StandInPaired] | None, quick: Quick | 
     return SearchContext(space=space, latency=quick or Quick(), get=kv.get, put=kv.__setitem__, paired=paired)
 
 
-def drive(space, ctx: SearchContext, miou: Callable[[LPSNetArch], float]) -> tuple[list[TrialRecord], Decision]:
-    """The search loop, in miniature: queue what the strategy proposes, 'train' it, until it stops."""
+def drive(
+    space,
+    ctx: SearchContext,
+    miou: Callable[[LPSNetArch], float],
+    seeded: Callable[[LPSNetArch, int], float] | None = None,
+    history: list[TrialRecord] | None = None,
+) -> tuple[list[TrialRecord], Decision]:
+    """The search loop, in miniature: queue what the strategy proposes, 'train' it, until it stops.
+
+    ``seeded`` gives the mIoU of a trial trained with another seed (a seed replica); ``history`` goes on
+    from a run's trials (a resume).
+    """
     strat = GreedyStrategy(space)
-    history: list[TrialRecord] = []
+    history = [] if history is None else list(history)
     for _ in range(20):
         decision = strat.propose(history, ctx)
         if decision.kind == "done":
@@ -95,10 +105,9 @@ def drive(space, ctx: SearchContext, miou: Callable[[LPSNetArch], float]) -> tup
         for p in decision.proposals:
             rec = p if p.latency is not None else p.with_latency(ctx.latency(p.arch))
             number = len(history)
+            value = miou(rec.arch) if rec.train_seed is None else seeded(rec.arch, rec.train_seed)  # type: ignore[misc]
             history.append(
-                dataclasses.replace(
-                    rec, number=number, state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec.arch))
-                )
+                dataclasses.replace(rec, number=number, state=TrialState.COMPLETE, values=(rec.latency_ms, value))
             )
     raise AssertionError("the search did not stop")
 
@@ -218,6 +227,71 @@ def test_contenders_that_stay_overlapping_are_decided_by_the_point_estimate_and_
     assert len(step.actions) == 2 and "60 paired rounds" in step.actions[1]
     # The record keeps it all, and reads back as written.
     assert StepDecision.from_dict(ctx.get("step_1")) == step and step.to_dict() == ctx.get("step_1")
+
+
+def test_a_tie_seed_trains_the_contenders_and_the_parent_again_and_their_mean_mious_decide():
+    # The contenders of the test above: no number of rounds parts them. Without a tie seed the point
+    # estimate picks `best`; with one, the other contender gains more on the second seed and wins.
+    fake = FakePaired(model_ms, noise_ms=0.05, drift_ms=0.2)
+    ctx = paired_ctx(make_space(), fake)
+    drive(make_space(), ctx, miou_model(0.01, 0.01))
+    best = plan_and_step(ctx)[1].winner
+    favoured = 3 - best
+
+    space = make_space(tie_seed=1)
+    assert space.to_dict()["greedy"]["tie_seed"] == 1 and "tie_seed" not in make_space().to_dict()["greedy"]
+    fake = FakePaired(model_ms, noise_ms=0.05, drift_ms=0.2)
+    kv: dict[str, Any] = {}
+    ctx = paired_ctx(space, fake, kv=kv)
+    miou = miou_model(0.01, 0.01)
+    archs: dict[int, LPSNetArch] = {}
+
+    def seeded(arch: LPSNetArch, seed: int) -> float:
+        assert seed == 1
+        shift = {favoured: 0.006, best: -0.006}
+        return miou(arch) + next((v for n, v in shift.items() if archs.get(n) == arch), 0.0)
+
+    strat = GreedyStrategy(space)
+    history: list[TrialRecord] = []
+    # Drive by hand until the replicas are asked for, to see them.
+    for _ in range(5):
+        decision = strat.propose(history, ctx)
+        assert decision.kind == "propose"
+        if any(p.train_seed is not None for p in decision.proposals):
+            break
+        for p in decision.proposals:
+            rec = p if p.latency is not None else p.with_latency(ctx.latency(p.arch))
+            n = len(history)
+            archs[n] = rec.arch
+            history.append(
+                dataclasses.replace(rec, number=n, state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec.arch)))
+            )
+    replicas = decision.proposals
+    assert [(r.seed_of, r.train_seed, r.arch) for r in replicas] == [
+        (0, 1, archs[0]),
+        (1, 1, archs[1]),
+        (2, 1, archs[2]),
+    ]
+    assert all(r.latency == history[r.seed_of].latency and r.kind.value == "seed" for r in replicas)
+    assert ctx.get("step_1") is None and ctx.get("tie_1")["contenders"] == [best, favoured]
+    assert [r for _, r in fake.calls][-3:] == [15, 30, 60]
+    calls = len(fake.calls)
+
+    history, done = drive(space, ctx, miou, seeded, history=history)
+    step = StepDecision.from_dict(ctx.get("step_1"))
+    assert len(fake.calls) == calls  # the contenders were not timed again
+    assert step.winner == favoured and step.sure is True
+    e = step.estimates
+    assert e[favoured].miou_gain == pytest.approx(0.01 + 0.003) and e[best].miou_gain == pytest.approx(0.01 - 0.003)
+    assert step.actions[-1].startswith(
+        f"#{best} and #{favoured} still overlapped: trained them and the parent #0 again with seed 1; mean mIoU over "
+        "both seeds #0 30.00 / 30.00 -> 30.00, "
+    ) and step.actions[-1].endswith("; the mean gains decide")
+    assert sum(t.train_seed == 1 for t in history) == 3
+
+    # A resumed search reads the recorded tie and decision: nothing timed, nothing queued again.
+    again = GreedyStrategy(space).propose(history, paired_ctx(space, None, kv=dict(kv)))
+    assert again == done and len(fake.calls) == calls
 
 
 def test_the_rounds_cap_is_the_spaces():

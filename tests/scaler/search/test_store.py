@@ -104,3 +104,36 @@ def test_a_run_folder_whose_lock_cannot_be_written_is_one_user_error(tmp_path):
         exclusive(tmp_path),
     ):
         pass
+
+
+def test_a_seed_replica_trains_with_its_seed_and_is_left_out_of_the_frontier(tmp_path, monkeypatch):
+    import scaler.search.worker as worker_mod
+    from scaler.proxy.train import TrainConfig, TrainResult
+    from scaler.report import pareto_front, trials_frame
+
+    seeds: list[int] = []
+
+    def fake_train(arch, config, **kw):
+        seeds.append(config.seed)
+        return TrainResult(status="ok", reason=None, arch=arch.to_dict(), config={}, miou=0.3 + 0.01 * config.seed)
+
+    monkeypatch.setattr(worker_mod, "train_and_evaluate", fake_train)
+    store = RunStore(open_storage(None, tmp_path), "s", ARCH.num_classes)
+    dists = distributions(Constraints())
+    first = TrialRecord(ARCH, step=0, latency={"median_ms": 1.0})
+    store.add(first, dists)
+    training = TrainConfig(iters=1, seed=0)
+    assert worker_mod.evaluate_claim(store, store.claim(), training)
+    done = store.records()[0]
+    replica = done.replicated(seed=3)
+    assert (replica.seed_of, replica.train_seed, replica.number, replica.state) == (0, 3, None, None)
+    store.add(replica, dists)
+    assert worker_mod.evaluate_claim(store, store.claim(), training)
+    assert seeds == [0, 3] and training.seed == 0  # the recipe itself is left as it was
+    again = store.records()[1]
+    assert again.kind.value == "seed" and again.miou == pytest.approx(0.33) and again.latency_ms == 1.0
+    df = trials_frame(store)
+    assert (
+        df["seed_of"].isna().tolist() == [True, False] and df["seed_of"].iloc[1] == 0 and df["train_seed"].iloc[1] == 3
+    )
+    assert list(pareto_front(df)["number"]) == [0]  # the replica's better mIoU is not a network of its own
