@@ -42,10 +42,11 @@ def test_demo_space_trains_small_and_times_large():
 
 
 def test_demo_space_without_its_latency_size_is_the_committed_runs():
-    # The latency size is the only change to the demo space since results/reference/lpsnet_demo_128x256 was
-    # made: without it, the space hashes as that run's run.json records.
+    # The latency size and the tie seed are the only changes to the demo space since
+    # results/reference/lpsnet_demo_128x256 was made: without them, the space hashes as that run's run.json records.
     data = yaml.safe_load((SPACES / "lpsnet_demo.yaml").read_text())
     assert data["latency"].pop("input_size") == "512x1024"
+    assert data["greedy"].pop("tie_seed") == 1
     recorded = json.loads((SPACES.parent / "results" / "reference" / "lpsnet_demo_128x256" / "run.json").read_text())
     assert space_from_dict(data).space_hash() == recorded["space_hash"] == "b5e5f7697c30"
     assert load_space(SPACES / "lpsnet_demo.yaml").space_hash() != "b5e5f7697c30"
