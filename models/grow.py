@@ -145,7 +145,8 @@ def grow_state_dict(
         parent_arch: The parent's architecture.
         child_arch: A growth of it (:func:`check_growth`).
         noise: Standard deviation, relative to each widened conv's weight spread, of the normal noise
-            added to the copied channels' incoming weights; 0 keeps the function exactly.
+            added to the copied channels' incoming weights (drawn per path, a new path's too); 0 keeps
+            the function exactly.
         seed: Seeds which channels are copied and the noise: the same seed gives the same weights.
 
     Returns:
