@@ -11,6 +11,7 @@ from __future__ import annotations
 # more module imported here.
 from . import lpsnet, mobilenetv2
 from .arch import MAX_PATHS, NUM_STAGES, ArchError, LPSNetArch, format_inline, parse_inline
+from .grow import HEAD_INPUT_WEIGHT, GrowthError, check_growth, grow_model, grow_state_dict, match_paths
 from .heads import HEAD_KINDS, HeadConfig, HeadError, LanguageHead, head_kinds, register_head
 from .lpsnet import CheckpointError, LPSNet, from_reference_checkpoint
 from .mobilenetv2 import MobileNetV2Arch, MobileNetV2Seg
@@ -37,12 +38,14 @@ from .text import DEFAULT_TEMPLATES, TextEncoderError, class_embeddings, get_tex
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "HEAD_INPUT_WEIGHT",
     "HEAD_KINDS",
     "MAX_PATHS",
     "NUM_STAGES",
     "ArchError",
     "CheckpointError",
     "Family",
+    "GrowthError",
     "HeadConfig",
     "HeadError",
     "LPSNet",
@@ -55,6 +58,7 @@ __all__ = [
     "TextEncoderError",
     "arch_from_dict",
     "build_model",
+    "check_growth",
     "class_embeddings",
     "create_model",
     "describe_model",
@@ -64,10 +68,13 @@ __all__ = [
     "get_arch",
     "get_family",
     "get_text_encoder",
+    "grow_model",
+    "grow_state_dict",
     "head_kinds",
     "list_models",
     "load_arch_json",
     "lpsnet",
+    "match_paths",
     "mobilenetv2",
     "parse_inline",
     "portable_state_dict",
