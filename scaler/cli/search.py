@@ -133,7 +133,13 @@ def search_cmd(
 )
 @click.option("--max-idle", type=float, default=None, help="Exit after this many seconds without work.")
 @click.option("--parent-pid", type=int, default=None, hidden=True)
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None, hidden=True)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The run folder, as this host sees it (a shared mount): inherited weights (training.init: inherit) "
+    "are fetched from and kept in its artifacts/, and kept weights inside it are recorded relative to it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or per-trial lines.")
 def worker_cmd(
     storage: str,

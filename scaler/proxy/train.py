@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from scaler.proxy.data import DataError, SegmentationDataset, open_dataset
 from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion, scores
 
 __all__ = [
+    "INIT_MODES",
     "TrainConfig",
     "TrainResult",
     "cached_dataset",
@@ -45,6 +46,9 @@ __all__ = [
     "poly_lr",
     "train_and_evaluate",
 ]
+
+
+INIT_MODES = ("scratch", "inherit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,9 @@ class TrainConfig:
         warmup_iters: Linear warm-up steps (``None``: 5% of ``iters``).
         scale, flip, jitter: Augmentation, see :class:`~scaler.proxy.augment.AugmentConfig`.
         seed: Fixes initial weights, image order and augmentation.
+        init: ``scratch`` (seeded initial weights) or ``inherit``: a search starts each candidate from
+            its trained parent's weights, grown (see :mod:`models.grow`); the weights themselves are
+            given to :func:`train_and_evaluate` as ``init_state``.
         device: ``cpu``, ``cuda`` or ``cuda:i``.
         amp: Mixed precision; ``None``: on for CUDA, off on the CPU.
         channels_last: ``None``: on for CUDA, off on the CPU.
@@ -85,6 +92,7 @@ class TrainConfig:
     flip: float = 0.5
     jitter: float = 0.25
     seed: int = 0
+    init: str = "scratch"
     device: str = "cpu"
     amp: bool | None = None
     channels_last: bool | None = None
@@ -105,6 +113,7 @@ class TrainConfig:
             (self.workers >= 0, "workers", self.workers, "must be >= 0"),
             (self.val_limit is None or self.val_limit >= 1, "val_limit", self.val_limit, "must be >= 1"),
             (self.eval_batch >= 1, "eval_batch", self.eval_batch, "must be >= 1"),
+            (self.init in INIT_MODES, "init", self.init, f"must be one of {', '.join(INIT_MODES)}"),
         ]
         for ok, name, value, what in checks:
             if not ok:
@@ -115,7 +124,11 @@ class TrainConfig:
         return self.warmup_iters if self.warmup_iters is not None else max(0, self.iters // 20)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain-data form; ``init`` only when it is not ``scratch`` (what every run before it trained with)."""
+        out = dataclasses.asdict(self)
+        if out["init"] == "scratch":
+            del out["init"]
+        return out
 
 
 @dataclasses.dataclass
@@ -197,6 +210,7 @@ def train_and_evaluate(
     train_set: SegmentationDataset | None = None,
     val_set: SegmentationDataset | None = None,
     log: Callable[[str], None] | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``arch`` with ``config`` and evaluate it on the validation split.
 
@@ -212,6 +226,8 @@ def train_and_evaluate(
         save: Write the trained weights, architecture, config and result to this file.
         train_set, val_set: Use these splits instead of opening ``config.dataset``.
         log: Receives one-line messages (e.g. when a run fails).
+        init_state: Start from these weights (the model's ``state_dict`` keys, loaded strictly) instead
+            of seeded ones; the seed still fixes the data order and augmentation.
 
     Returns:
         A :class:`TrainResult`; ``status="failed"`` with ``reason`` for a non-finite loss, CUDA
@@ -225,6 +241,8 @@ def train_and_evaluate(
     with torch.random.fork_rng(devices=[setup.device] if setup.device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = _init_model(setup)
+        if init_state is not None:
+            model.load_state_dict(init_state)
         result = _fit_and_score(model, setup, progress)
     if result.ok and save is not None:
         _save(save, model, setup.arch, config, result)

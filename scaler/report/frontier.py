@@ -3,7 +3,8 @@
 Trials that carry a ``reference`` attribute (a named model measured for comparison) are left out of
 the frontier and the hypervolume by default: they are not results of the search. Seed replicas
 (``seed_of``: a network trained again with another seed to break a greedy tie) are always left out:
-their mIoU is a second reading of their trial's.
+their mIoU is a second reading of their trial's; so are the controls of inherited training (a step's
+parent trained further).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def _complete(df: pd.DataFrame, include_reference: bool) -> pd.DataFrame:
     ok = (df["state"] == "COMPLETE") & df["latency_ms"].map(finite) & df["miou"].map(finite)
     if not include_reference:
         ok &= df["reference"].isna()
-    if "seed_of" in df:  # a seed replica's mIoU is a second reading of its trial's, not a network of its own
-        ok &= df["seed_of"].isna()
+    for col in ("seed_of", "control_of"):  # a second reading of a trial, or a step's control: not networks of their own
+        if col in df:
+            ok &= df[col].isna()
     return df[ok]
 
 

@@ -42,13 +42,25 @@ TRIAL_COLUMNS = [
     "retry_of",
     "seed_of",
     "train_seed",
+    "control_of",
+    "inherit_from",
     "weights",
     "device",
     "latency_fingerprint",
 ]
 
 
-_INT_COLUMNS = ("step", "parent", "steplen", "retry_of", "seed_of", "train_seed", "num_paths")
+_INT_COLUMNS = (
+    "step",
+    "parent",
+    "steplen",
+    "retry_of",
+    "seed_of",
+    "train_seed",
+    "control_of",
+    "inherit_from",
+    "num_paths",
+)
 _KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
 
 
@@ -123,6 +135,8 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
             "retry_of": t.retry_of,
             "seed_of": t.seed_of,
             "train_seed": t.train_seed,
+            "control_of": t.control_of,
+            "inherit_from": t.inherit_from,
             "weights": t.weights,
             "device": t.fingerprint.get("device_name"),
             "latency_fingerprint": t.fingerprint_hash,

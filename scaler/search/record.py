@@ -43,6 +43,10 @@ class Attr:
     RETRY_OF = "retry_of"
     SEED_OF = "seed_of"
     TRAIN_SEED = "train_seed"
+    INHERIT_FROM = "inherit_from"
+    CONTROL_OF = "control_of"
+    WEIGHTS_ARTIFACT = "weights_artifact"
+    INHERITED = "inherited"
     REFERENCE = "reference"
     WEIGHTS = "weights"
     SAMPLER_SYSTEM_ATTRS = "sampler_system_attrs"
@@ -61,7 +65,9 @@ class TrialKind(str, enum.Enum):
     ``candidate``: proposed by the strategy and trained; ``over_budget``: proposed, measured over
     the latency budget and recorded untrained; ``retry``: a candidate queued again after its worker
     died; ``seed``: a candidate (or a step's parent) trained again with another training seed, to tell
-    two close candidates apart (greedy ``tie_seed``); ``reference``: a named model measured and trained
+    two close candidates apart (greedy ``tie_seed``); ``control``: with inherited weights, a step's
+    parent trained the step's iterations further, the mIoU its candidates are compared with;
+    ``reference``: a named model measured and trained
     for comparison, not part of the search.
     """
 
@@ -69,6 +75,7 @@ class TrialKind(str, enum.Enum):
     OVER_BUDGET = "over_budget"
     RETRY = "retry"
     SEED = "seed"
+    CONTROL = "control"
     REFERENCE = "reference"
 
 
@@ -116,6 +123,10 @@ class TrialRecord:
         retry_of: The trial this one re-queues after its worker died.
         seed_of: The trial whose architecture this one trains again with another seed (``train_seed``).
         train_seed: The training seed, when not the space's.
+        inherit_from: The trained trial whose weights, grown to ``arch``, this one starts from.
+        control_of: The trial (a step's parent) this one trains further as the step's control.
+        weights_artifact: The Optuna artifact id of its trained weights (kept when weights are inherited).
+        inherited: Where its initial weights came from (``from_trial``, ``weights_artifact``, ``growth_noise``).
         reference: The named model this trial measures for comparison.
         weights: Where the proxy-trained weights were kept (relative to the run folder when inside it).
         sampler_system_attrs: A baseline's shadow-trial system attributes (NSGA-II's generation, say).
@@ -142,6 +153,10 @@ class TrialRecord:
     retry_of: int | None = None
     seed_of: int | None = None
     train_seed: int | None = None
+    inherit_from: int | None = None
+    control_of: int | None = None
+    weights_artifact: str | None = None
+    inherited: Mapping[str, Any] | None = None
     reference: str | None = None
     weights: str | None = None
     sampler_system_attrs: Mapping[str, Any] | None = None
@@ -168,6 +183,8 @@ class TrialRecord:
             return TrialKind.OVER_BUDGET
         if self.seed_of is not None:
             return TrialKind.SEED
+        if self.control_of is not None:
+            return TrialKind.CONTROL
         if self.retry_of is not None:
             return TrialKind.RETRY
         return TrialKind.CANDIDATE
@@ -180,6 +197,11 @@ class TrialRecord:
     def is_seed_replica(self) -> bool:
         """Trained again with another seed: its mIoU belongs to the trial it replicates, not to the frontier."""
         return self.seed_of is not None
+
+    @property
+    def is_control(self) -> bool:
+        """A step's parent trained further: the step's baseline mIoU, not a network of the frontier."""
+        return self.control_of is not None
 
     @property
     def lps_arch(self) -> LPSNetArch | None:
@@ -241,6 +263,10 @@ class TrialRecord:
             Attr.RETRY_OF: self.retry_of,
             Attr.SEED_OF: self.seed_of,
             Attr.TRAIN_SEED: self.train_seed,
+            Attr.INHERIT_FROM: self.inherit_from,
+            Attr.CONTROL_OF: self.control_of,
+            Attr.WEIGHTS_ARTIFACT: self.weights_artifact,
+            Attr.INHERITED: None if self.inherited is None else dict(self.inherited),
             Attr.REFERENCE: self.reference,
             Attr.WEIGHTS: self.weights,
             Attr.SAMPLER_SYSTEM_ATTRS: None if self.sampler_system_attrs is None else dict(self.sampler_system_attrs),
@@ -281,6 +307,10 @@ class TrialRecord:
             retry_of=int_or_none(a.get(Attr.RETRY_OF)),
             seed_of=int_or_none(a.get(Attr.SEED_OF)),
             train_seed=int_or_none(a.get(Attr.TRAIN_SEED)),
+            inherit_from=int_or_none(a.get(Attr.INHERIT_FROM)),
+            control_of=int_or_none(a.get(Attr.CONTROL_OF)),
+            weights_artifact=a.get(Attr.WEIGHTS_ARTIFACT),
+            inherited=a.get(Attr.INHERITED) if isinstance(a.get(Attr.INHERITED), Mapping) else None,
             reference=a.get(Attr.REFERENCE),
             weights=a.get(Attr.WEIGHTS),
             sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),
@@ -314,6 +344,8 @@ class TrialRecord:
             heartbeat=None,
             seed_of=self.number,
             train_seed=seed,
+            weights_artifact=None,
+            inherited=None,
             number=None,
             state=None,
             values=None,
@@ -322,5 +354,14 @@ class TrialRecord:
     def requeued(self, number: int) -> TrialRecord:
         """A fresh copy of this record to queue again after trial ``number``'s worker died."""
         return dataclasses.replace(
-            self, owner=None, heartbeat=None, fail_reason=None, retry_of=number, number=None, state=None, values=None
+            self,
+            owner=None,
+            heartbeat=None,
+            fail_reason=None,
+            weights_artifact=None,
+            inherited=None,
+            retry_of=number,
+            number=None,
+            state=None,
+            values=None,
         )

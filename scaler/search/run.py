@@ -197,7 +197,9 @@ def run_search(
         procs = start_local_workers(workers, run_dir, storage_url, study_name, weights_dir)
         try:
             _queue_references(store, space, ctx, dists, log)
-            reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress, bars)
+            reason = _loop(
+                store, strat, ctx, dists, space, workers, procs, run_dir, weights_dir, timings, log, progress, bars
+            )
         finally:
             bars.close()
             for p in procs:
@@ -308,6 +310,7 @@ def _loop(
     space: SearchSpace,
     workers: int,
     procs: list[subprocess.Popen],
+    run_dir: Path,
     weights_dir: Path | None,
     timings: dict[str, float],
     log: Callable[[str], None],
@@ -338,7 +341,7 @@ def _loop(
                     claim,
                     space.training,
                     weights_dir=weights_dir,
-                    run_dir=weights_dir.parent if weights_dir is not None else None,
+                    run_dir=run_dir,
                     log=log,
                     progress=progress,
                 )

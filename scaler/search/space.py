@@ -153,7 +153,7 @@ class SearchSpace:
         # made before it existed (latency at input_size) resume unchanged.
         if self.latency.input_hw != self.input_size:
             latency["input_size"] = list(self.latency.input_hw)
-        training = dataclasses.asdict(self.training)
+        training = self.training.to_dict()  # init only when it is not scratch: older runs resume unchanged
         for key in ("dataset", "eval_size"):
             training.pop(key)
         return {

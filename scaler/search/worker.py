@@ -8,16 +8,20 @@ space's recipe while recording a heartbeat, and finishes it as COMPLETE or FAIL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models import GrowthError
 from scaler.proxy.train import TrainConfig, train_and_evaluate
+from scaler.search.inherit import InheritError, artifact_store, inherited_state, keep_weights
 from scaler.search.record import Attr
 from scaler.search.run_folder import JOURNAL_NAME
 from scaler.search.space import space_from_dict
@@ -52,14 +56,34 @@ def evaluate_claim(
     Returns:
         Whether the trial was recorded COMPLETE (``False`` if it failed or was reaped meanwhile).
     """
-    save = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
-    seed = claim.record.train_seed
-    if seed is not None:  # a seed replica: the same recipe with another seed
-        training = dataclasses.replace(training, seed=seed)
-    with store.heartbeat(claim):
-        result = train_and_evaluate(claim.arch, training, progress=progress, save=save)
+    record = claim.record
+    if record.train_seed is not None:  # a seed replica: the same recipe with another seed
+        training = dataclasses.replace(training, seed=record.train_seed)
+    inherit = training.init == "inherit"
+    attrs: dict[str, Any] = {}
+    init_state = None
+    with contextlib.ExitStack() as stack:
+        artifacts = artifact_store(run_dir) if inherit and run_dir is not None else None
+        if inherit and artifacts is None:
+            return _fail(
+                store, claim, "inherited training needs the run folder: start the worker with --run-dir RUN", log
+            )
+        if inherit and record.inherit_from is not None:
+            try:
+                init_state, attrs[Attr.INHERITED] = inherited_state(store, record, artifacts, seed=claim.number)
+            except (InheritError, GrowthError) as e:
+                return _fail(store, claim, str(e), log)
+        save = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
+        if save is None and inherit:  # every trained trial may become a parent: its weights go to the store
+            save = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weights-"))) / "weights.pt"
+        with store.heartbeat(claim):
+            result = train_and_evaluate(claim.arch, training, progress=progress, save=save, init_state=init_state)
+        if inherit and result.ok and save is not None and artifacts is not None:
+            attrs[Attr.WEIGHTS_ARTIFACT] = keep_weights(store, claim, save, artifacts)
+    if save is not None and weights_dir is None:
+        save = None  # a temporary file, gone: only the artifact stays
     train = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
-    attrs: dict[str, Any] = {Attr.TRAIN: train}
+    attrs[Attr.TRAIN] = train
     if save is not None and result.ok:
         # Relative to the run folder when it is inside it (the schema), else where the worker put it.
         inside = run_dir is not None and save.resolve().is_relative_to(run_dir.resolve())
@@ -69,8 +93,13 @@ def evaluate_claim(
         ok = store.complete(claim, float(latency), float(result.miou), attrs)
         log(f"trial #{claim.number} {claim.arch.inline()}: mIoU {100 * result.miou:.2f} at {latency:.2f} ms")
         return ok
-    reason = result.reason or "no latency recorded"
-    store.fail(claim, reason, attrs)
+    return _fail(store, claim, result.reason or "no latency recorded", log, attrs)
+
+
+def _fail(
+    store: RunStore, claim: Claim, reason: str, log: Callable[[str], None], attrs: dict[str, Any] | None = None
+) -> bool:
+    store.fail(claim, reason, attrs or {})
     log(f"trial #{claim.number} {claim.arch.inline()}: FAILED ({reason})")
     return False
 
@@ -96,8 +125,9 @@ def start_local_workers(
         str(os.getpid()),
         "--quiet",
     ]
+    cmd += ["--run-dir", str(run_dir)]  # kept weights are recorded relative to it; inherited ones live in it
     if weights_dir is not None:
-        cmd += ["--weights-dir", str(weights_dir), "--run-dir", str(run_dir)]
+        cmd += ["--weights-dir", str(weights_dir)]
     return [subprocess.Popen(cmd) for _ in range(n)]
 
 

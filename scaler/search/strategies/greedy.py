@@ -118,9 +118,10 @@ class GreedyStrategy(Strategy):
     def propose(self, history: Sequence[TrialRecord], ctx: SearchContext) -> Decision:
         sp = self.space
         replicas = [t for t in history if t.is_seed_replica]
-        history = search_trials(history)
-        if any(t.pending for t in history) or any(t.pending for t in replicas):
+        controls = {t.control_of: t for t in history if t.is_control}
+        if any(t.pending for t in history if not t.is_reference):
             return Decision.wait()
+        history = search_trials(history)
         latest = latest_by_hash(history)
         start_hash = sp.start.arch_hash()
         if start_hash not in latest:
@@ -147,26 +148,45 @@ class GreedyStrategy(Strategy):
                 plan = StepPlan.from_dict(stored)
             if not plan.candidates:
                 return Decision.done(plan.reason)
-            missing = [c for c in plan.candidates if c.arch_hash not in latest]
-            if missing:
-                return Decision.propose(
-                    [
-                        TrialRecord(
-                            c.arch,
-                            strategy=self.name,
-                            step=step,
-                            parent=parent.number,
-                            operators=c.operators,
-                            steplen=c.steplen,
-                            target_ms=plan.target_ms,
-                            latency=c.latency,
-                        )
-                        for c in missing
-                    ]
+            inherit = sp.training.init == "inherit"
+            missing = [
+                TrialRecord(
+                    c.arch,
+                    strategy=self.name,
+                    step=step,
+                    parent=parent.number,
+                    operators=c.operators,
+                    steplen=c.steplen,
+                    target_ms=plan.target_ms,
+                    latency=c.latency,
+                    inherit_from=parent.number if inherit else None,
                 )
+                for c in plan.candidates
+                if c.arch_hash not in latest
+            ]
+            if inherit and parent.number not in controls:
+                # The parent, trained as many iterations further as its candidates: their mIoU gains are
+                # measured against it, so extra training is not taken for a better architecture.
+                missing.append(
+                    TrialRecord(
+                        parent.arch,
+                        strategy=self.name,
+                        step=step,
+                        parent=parent.number,
+                        latency=parent.latency,
+                        inherit_from=parent.number,
+                        control_of=parent.number,
+                    )
+                )
+            if missing:
+                return Decision.propose(missing)
             stored = ctx.get(_STEP_KEY.format(step))
             if stored is None:
-                decided = self._decide(step, parent, plan, latest, replicas, ctx)
+                base = parent
+                control = controls.get(parent.number) if inherit else None
+                if control is not None and control.complete:
+                    base = control
+                decided = self._decide(step, parent, base, plan, latest, replicas, ctx)
                 if not isinstance(decided, StepDecision):
                     return Decision.propose(decided)
                 decision = decided
@@ -349,21 +369,32 @@ class GreedyStrategy(Strategy):
         self,
         step: int,
         parent: TrialRecord,
+        base: TrialRecord,
         plan: StepPlan,
         latest: dict[str, TrialRecord],
         replicas: Sequence[TrialRecord],
         ctx: SearchContext,
     ) -> StepDecision | list[TrialRecord]:
-        """The step's decision, or the seed replicas to train first (``greedy.tie_seed``, a tie)."""
+        """The step's decision, or the seed replicas to train first (``greedy.tie_seed``, a tie).
+
+        mIoU gains are measured against ``base``: the step's control with inherited weights (the parent
+        trained as far as its candidates), else the parent itself.
+        """
         trials = [latest[c.arch_hash] for c in plan.candidates]
         if not plan.paired:
-            return self._decide_by_points(step, parent, trials, ctx)
+            return self._decide_by_points(step, parent, base, trials, ctx)
         g = self.space.greedy
-        assert parent.miou is not None and parent.number is not None  # only a complete parent grows
+        assert base.miou is not None and base.number is not None and parent.number is not None
         order = {t.number: k for k, t in enumerate(trials)}
         tie = ctx.get(_TIE_KEY.format(step))
         if tie is None:
-            estimates, actions, overlap = self._time_apart(parent, plan, trials, ctx)
+            estimates, actions, overlap = self._time_apart(parent, base, plan, trials, ctx)
+            if base is not parent:
+                actions.insert(
+                    0,
+                    f"mIoU gains are measured against the control #{base.number} (the parent trained as far as "
+                    f"its candidates: mIoU {100 * base.miou:.2f}, {100 * (parent.miou or 0):.2f} before)",
+                )
             ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
             if overlap is not None and g.tie_seed is not None:
                 # Recorded before the replicas are queued: a resumed search goes on from here and
@@ -378,22 +409,23 @@ class GreedyStrategy(Strategy):
         if tie is not None:
             estimates = {int(n): SlopeEstimate.from_dict(e) for n, e in tie["estimates"].items()}
             actions = list(tie["actions"])
-            by_number = {t.number: t for t in [parent, *trials]}
-            numbers = [parent.number, *(int(n) for n in tie["contenders"])]
+            by_number = {t.number: t for t in [base, *trials]}
+            numbers = [base.number, *(int(n) for n in tie["contenders"])]
+            which = "parent" if base is parent else "control"
             seed = int(tie["seed"])
             done = {t.seed_of: t for t in replicas if t.train_seed == seed and not t.pending}
             missing = [by_number[n].replicated(seed) for n in numbers if n not in done]
             if missing:
                 ctx.log(
                     f"step {step}: #{numbers[1]} and #{numbers[2]} still overlap after {g.max_paired_rounds} paired "
-                    f"rounds; training them and the parent #{parent.number} again with seed {seed}"
+                    f"rounds; training them and the {which} #{base.number} again with seed {seed}"
                 )
                 return missing
             means = {n: _mean_miou(by_number[n], done[n]) for n in numbers}
             for n in numbers[1:]:
                 e = estimates[n]
                 estimates[n] = SlopeEstimate.of(
-                    means[n] - means[parent.number],
+                    means[n] - means[base.number],
                     e.delta_ms,
                     e.delta_low,
                     e.delta_high,
@@ -401,7 +433,7 @@ class GreedyStrategy(Strategy):
                     rounds=e.rounds,
                 )
             actions.append(
-                f"#{numbers[1]} and #{numbers[2]} still overlapped: trained them and the parent #{parent.number} "
+                f"#{numbers[1]} and #{numbers[2]} still overlapped: trained them and the {which} #{base.number} "
                 f"again with seed {seed}; mean mIoU over both seeds "
                 + ", ".join(f"#{n} {_seeds_text(by_number[n], done[n], means[n])}" for n in numbers)
                 + "; the mean gains decide"
@@ -456,18 +488,18 @@ class GreedyStrategy(Strategy):
         return decision
 
     def _time_apart(
-        self, parent: TrialRecord, plan: StepPlan, trials: Sequence[TrialRecord], ctx: SearchContext
+        self, parent: TrialRecord, base: TrialRecord, plan: StepPlan, trials: Sequence[TrialRecord], ctx: SearchContext
     ) -> tuple[dict[int, SlopeEstimate], list[str], tuple[float, float] | None]:
         """Each trained candidate's slope estimate; while the best two overlap, both are timed with the parent
         again in twice the rounds (up to ``max_paired_rounds``). Returns the estimates, what was done, and
         the best two's overlap (``None``: apart, or fewer than two gaining candidates)."""
         g = self.space.greedy
-        assert parent.miou is not None
+        assert base.miou is not None
         estimates: dict[int, SlopeEstimate] = {}
         for c, t in zip(plan.candidates, trials, strict=True):
             if t.miou is not None and c.paired is not None and t.number is not None:
                 p = c.paired
-                gain = t.miou - parent.miou
+                gain = t.miou - base.miou
                 estimates[t.number] = SlopeEstimate.of(
                     gain, p.delta_ms, p.delta_low, p.delta_high, floor_ms=g.noise_floor_ms, rounds=p.rounds
                 )
@@ -496,12 +528,12 @@ class GreedyStrategy(Strategy):
             )
 
     def _decide_by_points(
-        self, step: int, parent: TrialRecord, trials: list[TrialRecord], ctx: SearchContext
+        self, step: int, parent: TrialRecord, base: TrialRecord, trials: list[TrialRecord], ctx: SearchContext
     ) -> StepDecision:
         """The method's decision from single measurements: the best point slope, nothing known of its certainty."""
         scored = [Scored(t.number, t.latency_ms if t.latency_ms is not None else float("inf"), t.miou) for t in trials]
         sel = select_next(
-            Scored(parent.number, parent.latency_ms or 0.0, parent.miou),
+            Scored(parent.number, parent.latency_ms or 0.0, base.miou),
             scored,
             min_latency_gain_ms=self.space.greedy.noise_floor_ms,
         )

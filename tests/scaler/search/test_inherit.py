@@ -1,0 +1,151 @@
+"""Inherited training (``training.init: inherit``): candidates start from their trained parent's weights,
+grown; every step trains the parent further as a control, and the slopes' mIoU gains are measured
+against it; weights travel through the run's Optuna artifact store."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from fake_search import FakeLatency
+from optuna.trial import TrialState
+from paired_standin import FakePaired
+
+import scaler.search.run as run_mod
+from models import arch_from_dict, build_model, get_arch
+from scaler.search.inherit import artifact_store, inherited_state
+from scaler.search.run import run_search
+from scaler.search.space import space_from_dict
+from scaler.search.store import open_run
+from scaler.search.strategies import Decision, GreedyStrategy, SearchContext, StepDecision, TrialRecord
+
+TINY = get_arch("lpsnet_tiny")
+
+
+def _space(init: str = "inherit", **training: Any):
+    return space_from_dict(
+        {
+            "name": "inherit",
+            "start": "lpsnet_tiny",
+            "input_size": "64x128",
+            "dataset": "synthetic:size=64x128,train=8,val=4",
+            "operators": ["depth_4-5", "width_4-5"],
+            "constraints": {"max_depth": 8, "max_width": 256},
+            "latency": {"device": "cpu", "threads": 1},
+            "training": {"iters": 4, "batch": 2, "crop": "64x128", "init": init, **training},
+            "stopping": {"max_steps": 1},
+            "greedy": {"max_steplen": 4},
+        }
+    )
+
+
+def test_the_step_trains_a_control_and_measures_gains_against_it():
+    space = _space()
+    kv: dict[str, Any] = {}
+    fake = FakePaired()
+    ctx = SearchContext(
+        space=space,
+        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
+        get=kv.get,
+        put=kv.__setitem__,
+        paired=lambda archs, rounds: fake(archs, rounds=rounds),
+    )
+    strat = GreedyStrategy(space)
+    history: list[TrialRecord] = []
+
+    def finish(proposals, miou):
+        for p in proposals:
+            rec = p if p.latency is not None else p.with_latency(ctx.latency(p.arch))
+            n = len(history)
+            history.append(
+                dataclasses.replace(rec, number=n, state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec)))
+            )
+
+    first = strat.propose(history, ctx)
+    assert first.proposals[0].inherit_from is None  # the start trains from scratch
+    finish(first.proposals, lambda r: 0.30)
+    step = strat.propose(history, ctx)
+    assert step.kind == "propose"
+    *candidates, control = step.proposals
+    assert all(c.inherit_from == 0 and c.control_of is None and c.step == 1 for c in candidates)
+    assert control.arch == TINY and control.control_of == 0 and control.inherit_from == 0
+    assert control.latency == history[0].latency and control.kind.value == "control"
+    assert strat.propose(history, ctx) == step  # asked again before anything ran: the same proposals
+    # The control gains 4 points by training further; a candidate that gains only that is no better.
+    gains = {c.arch: g for c, g in zip(candidates, (0.045, 0.06), strict=True)}
+    finish(step.proposals, lambda r: 0.34 if r.is_control else 0.30 + gains[r.arch])
+    done = strat.propose(history, ctx)
+    assert done.kind == "done"
+    decision = StepDecision.from_dict(kv["step_1"])
+    control_number = len(history) - 1
+    assert {n: round(e.miou_gain, 6) for n, e in decision.estimates.items()} == {1: 0.005, 2: 0.02}
+    assert decision.actions[0] == (
+        f"mIoU gains are measured against the control #{control_number} (the parent trained as far as its "
+        "candidates: mIoU 34.00, 30.00 before)"
+    )
+    # Controls are not candidates of the search: not on the path, not what the next step grows from.
+    assert history[control_number].is_control and decision.winner in (1, 2)
+
+
+def test_scratch_training_proposes_no_control():
+    space = _space(init="scratch")
+    assert "init" not in space.to_dict()["training"] and _space().to_dict()["training"]["init"] == "inherit"
+    kv: dict[str, Any] = {}
+    fake = FakePaired()
+    ctx = SearchContext(
+        space=space,
+        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
+        get=kv.get,
+        put=kv.__setitem__,
+        paired=lambda archs, rounds: fake(archs, rounds=rounds),
+    )
+    history = [
+        TrialRecord(TINY, step=0, number=0, state=TrialState.COMPLETE, values=(1.0, 0.3), latency={"median_ms": 1.0})
+    ]
+    d: Decision = GreedyStrategy(space).propose(history, ctx)
+    assert d.kind == "propose" and all(p.inherit_from is None and p.control_of is None for p in d.proposals)
+
+
+@pytest.mark.slow
+def test_a_real_inherited_search_keeps_weights_as_artifacts_and_starts_candidates_from_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_mod, "measure_latency", FakeLatency())
+    monkeypatch.setattr(run_mod, "measure_paired", FakePaired())
+    run_dir = tmp_path / "run"
+    run_search(_space(), run_dir, progress=False)
+    store = open_run(run_dir)
+    records = store.records()
+    assert all(r.state == TrialState.COMPLETE for r in records), [r.fail_reason for r in records]
+    start, *rest = records
+    controls = [r for r in rest if r.is_control]
+    candidates = [r for r in rest if not r.is_control]
+    assert len(controls) == 1 and controls[0].control_of == 0 and len(candidates) == 2
+    # Every trained trial kept its weights in the run's artifact store, and each candidate (and the
+    # control) says where its start came from.
+    assert all(r.weights_artifact and (run_dir / "artifacts" / r.weights_artifact).is_file() for r in records)
+    assert start.inherited is None
+    for r in rest:
+        assert r.inherited == {
+            "from_trial": 0,
+            "weights_artifact": start.weights_artifact,
+            "growth_noise": 0.0 if r.is_control else 0.01,
+        }
+        assert r.train["config"]["init"] == "inherit"
+    # The depth candidate starts computing exactly what the trained parent computes (appended blocks
+    # are identities, and no channel is copied, so the growth noise changes nothing).
+    deep = next(r for r in candidates if r.arch.depth != TINY.depth)
+    state, _ = inherited_state(store, deep, artifact_store(run_dir), seed=deep.number)
+    blob = torch.load(run_dir / "artifacts" / start.weights_artifact, weights_only=True)
+    parent = build_model(arch_from_dict(blob["arch"])).eval()
+    parent.load_state_dict(blob["state_dict"])
+    child = build_model(dataclasses.replace(deep.arch, num_classes=parent.arch.num_classes)).eval()
+    child.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = parent(x), child(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    # The search's decision used the control.
+    decision = StepDecision.from_dict(store.get("step_1"))
+    assert decision.actions[0].startswith(f"mIoU gains are measured against the control #{controls[0].number} ")
