@@ -133,7 +133,13 @@ def model_card(
             + (f" ({where_text})." if where_text else "."),
             "",
             "After a short proxy training, the same schedule for every trial of the run: compare it within "
-            "the run, not with fully trained published numbers.",
+            "the run, not with fully trained published numbers."
+            + (
+                " Inherited training: the network started from its parent's trained weights (grown), so this "
+                "number is not comparable with from-scratch ones."
+                if schedule.get("init") == "inherit"
+                else ""
+            ),
             "",
             *_table(
                 ["schedule", "value"],

@@ -52,6 +52,14 @@ def format_frontier(report: FrontierReport) -> str:
         f"{report.run_dir}: {report.info.space}, strategy {report.info.strategy or '?'}; "
         f"{report.counts['total']} trials ({counts or 'none'})" + (f"; {report.status}" if report.status else ""),
         f"latency on {report.info.setup()}",
+        *(
+            [
+                "mIoU: proxy, from inherited training (each candidate started from its parent's trained weights); "
+                "not comparable with from-scratch numbers"
+            ]
+            if report.info.inherited
+            else []
+        ),
         "",
     ]
     if report.frontier.empty:

@@ -45,6 +45,7 @@ class RunInfo(NamedTuple):
     dataset: str | None
     budget_ms: float | None
     strategy: str | None
+    inherited: bool = False
 
     def setup(self) -> str:
         """One line: device, runtime, dtype, input, upsample and dataset."""
@@ -61,6 +62,8 @@ class RunInfo(NamedTuple):
         if self.include_upsample is not None:
             parts.append("with final upsample" if self.include_upsample else "no final upsample")
         parts.append(f"dataset {self.dataset}" if self.dataset else "unknown dataset")
+        if self.inherited:  # its proxy mIoUs are not comparable with a from-scratch run's
+            parts.append("mIoU from inherited training")
         return parts
 
 
@@ -116,6 +119,7 @@ def run_info(store: RunStore, name: str | None = None) -> RunInfo:
         dataset=_short_dataset(space.get("dataset")),
         budget_ms=float(budget) if finite(budget) else None,
         strategy=store.get("strategy"),
+        inherited=(space.get("training") or {}).get("init") == "inherit",
     )
 
 

@@ -15,6 +15,8 @@ from paired_standin import FakePaired
 
 import scaler.search.run as run_mod
 from models import arch_from_dict, build_model, get_arch
+from scaler.report import summarize_run
+from scaler.report.render import format_frontier
 from scaler.search.inherit import artifact_store, inherited_state
 from scaler.search.run import run_search
 from scaler.search.space import space_from_dict
@@ -149,3 +151,12 @@ def test_a_real_inherited_search_keeps_weights_as_artifacts_and_starts_candidate
     # The search's decision used the control.
     decision = StepDecision.from_dict(store.get("step_1"))
     assert decision.actions[0].startswith(f"mIoU gains are measured against the control #{controls[0].number} ")
+    # What the user reads says which kind of mIoU these are; the controls are not on the frontier.
+    report = summarize_run(run_dir)
+    text = format_frontier(report)
+    assert text.splitlines()[2] == (
+        "mIoU: proxy, from inherited training (each candidate started from its parent's trained weights); "
+        "not comparable with from-scratch numbers"
+    )
+    assert report.info.setup().endswith(" · mIoU from inherited training")
+    assert controls[0].number not in set(report.frontier["number"])
