@@ -3,7 +3,16 @@ calls the library, and prints what it returns (text from :mod:`scaler.report`, o
 
 from __future__ import annotations
 
-from scaler.cli import bench, dashboard, explain, models_info, report, search, train  # noqa: F401  (each registers its commands)
+from scaler.cli import (  # noqa: F401  (each registers its commands)
+    bench,
+    dashboard,
+    explain,
+    models_info,
+    report,
+    retrain,
+    search,
+    train,
+)
 from scaler.cli.main import main
 
 __all__ = ["main"]

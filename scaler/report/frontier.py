@@ -4,7 +4,8 @@ Trials that carry a ``reference`` attribute (a named model measured for comparis
 the frontier and the hypervolume by default: they are not results of the search. Seed replicas
 (``seed_of``: a network trained again with another seed to break a greedy tie) are always left out:
 their mIoU is a second reading of their trial's; so are the controls of inherited training (a step's
-parent trained further).
+parent trained further) and the retrains of ``scaler retrain`` (shown beside the frontier, see
+:mod:`scaler.search.retrain`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _complete(df: pd.DataFrame, include_reference: bool) -> pd.DataFrame:
     ok = (df["state"] == "COMPLETE") & df["latency_ms"].map(finite) & df["miou"].map(finite)
     if not include_reference:
         ok &= df["reference"].isna()
-    for col in ("seed_of", "control_of"):  # a second reading of a trial, or a step's control: not networks of their own
+    # A second reading of a trial, a step's control, a retrain from scratch: not the search's own points.
+    for col in ("seed_of", "control_of", "retrain_of"):
         if col in df:
             ok &= df[col].isna()
     return df[ok]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import shlex
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the records rendered here; importing them would load torch-
     from scaler.proxy.train import TrainConfig, TrainResult
     from scaler.report.explain import CandidateExplanation, RunExplanation, StepExplanation
     from scaler.report.export import ExportResult
+    from scaler.search.retrain import Retrained
     from scaler.search.run import SearchSummary
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "format_info",
     "format_latency",
     "format_models",
+    "format_retrain",
     "format_search",
     "format_train",
 ]
@@ -319,3 +321,21 @@ def _explain_candidate(c: CandidateExplanation, paired: bool, width: int, ratios
 def _end(x: float | None, spec: str) -> str:
     """An interval end; an unbounded one (too few rounds) is written as such."""
     return "unbounded" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def format_retrain(run_dir: str, recipe: Mapping[str, Any], results: Sequence[Retrained]) -> str:
+    """``scaler retrain``: each retrained trial's search mIoU beside its from-scratch one."""
+    lines = [
+        f"{run_dir}: retrained from scratch, {recipe['iters']} iterations, seed {recipe['seed']}",
+        f"  {'trial':>5}  {'ms':>7}  {'search mIoU':>11}  {'retrained':>9}  {'as trial':>8}  arch",
+    ]
+    for r in results:
+        ms = "-" if r.latency_ms is None else f"{r.latency_ms:.3f}"
+        search = "-" if r.search_miou is None else f"{100 * r.search_miou:.2f}"
+        again = "failed" if r.miou is None else f"{100 * r.miou:.2f}"
+        note = " (done before)" if r.reused else ""
+        fail = f"  [{r.fail_reason}]" if r.fail_reason else ""
+        lines.append(
+            f"  {r.trial:>5}  {ms:>7}  {search:>11}  {again:>9}  {'#' + str(r.retrain):>8}  {r.arch}{note}{fail}"
+        )
+    return "\n".join(lines)

@@ -44,6 +44,7 @@ TRIAL_COLUMNS = [
     "train_seed",
     "control_of",
     "inherit_from",
+    "retrain_of",
     "weights",
     "device",
     "latency_fingerprint",
@@ -59,6 +60,7 @@ _INT_COLUMNS = (
     "train_seed",
     "control_of",
     "inherit_from",
+    "retrain_of",
     "num_paths",
 )
 _KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
@@ -137,6 +139,7 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
             "train_seed": t.train_seed,
             "control_of": t.control_of,
             "inherit_from": t.inherit_from,
+            "retrain_of": t.retrain_of,
             "weights": t.weights,
             "device": t.fingerprint.get("device_name"),
             "latency_fingerprint": t.fingerprint_hash,

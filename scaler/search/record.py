@@ -47,6 +47,8 @@ class Attr:
     CONTROL_OF = "control_of"
     WEIGHTS_ARTIFACT = "weights_artifact"
     INHERITED = "inherited"
+    RETRAIN_OF = "retrain_of"
+    RECIPE = "recipe"
     REFERENCE = "reference"
     WEIGHTS = "weights"
     SAMPLER_SYSTEM_ATTRS = "sampler_system_attrs"
@@ -67,7 +69,8 @@ class TrialKind(str, enum.Enum):
     died; ``seed``: a candidate (or a step's parent) trained again with another training seed, to tell
     two close candidates apart (greedy ``tie_seed``); ``control``: with inherited weights, a step's
     parent trained the step's iterations further, the mIoU its candidates are compared with;
-    ``reference``: a named model measured and trained
+    ``retrain``: a trial's architecture trained again from scratch with one recipe (``scaler retrain``),
+    so that frontiers can be compared; ``reference``: a named model measured and trained
     for comparison, not part of the search.
     """
 
@@ -76,6 +79,7 @@ class TrialKind(str, enum.Enum):
     RETRY = "retry"
     SEED = "seed"
     CONTROL = "control"
+    RETRAIN = "retrain"
     REFERENCE = "reference"
 
 
@@ -127,6 +131,8 @@ class TrialRecord:
         control_of: The trial (a step's parent) this one trains further as the step's control.
         weights_artifact: The Optuna artifact id of its trained weights (kept when weights are inherited).
         inherited: Where its initial weights came from (``from_trial``, ``weights_artifact``, ``growth_noise``).
+        retrain_of: The trial whose architecture this one trains again from scratch (``scaler retrain``).
+        recipe: Training settings that replace the space's for this trial (``iters``, ``seed``, ``init``).
         reference: The named model this trial measures for comparison.
         weights: Where the proxy-trained weights were kept (relative to the run folder when inside it).
         sampler_system_attrs: A baseline's shadow-trial system attributes (NSGA-II's generation, say).
@@ -157,6 +163,8 @@ class TrialRecord:
     control_of: int | None = None
     weights_artifact: str | None = None
     inherited: Mapping[str, Any] | None = None
+    retrain_of: int | None = None
+    recipe: Mapping[str, Any] | None = None
     reference: str | None = None
     weights: str | None = None
     sampler_system_attrs: Mapping[str, Any] | None = None
@@ -185,6 +193,8 @@ class TrialRecord:
             return TrialKind.SEED
         if self.control_of is not None:
             return TrialKind.CONTROL
+        if self.retrain_of is not None:
+            return TrialKind.RETRAIN
         if self.retry_of is not None:
             return TrialKind.RETRY
         return TrialKind.CANDIDATE
@@ -197,6 +207,11 @@ class TrialRecord:
     def is_seed_replica(self) -> bool:
         """Trained again with another seed: its mIoU belongs to the trial it replicates, not to the frontier."""
         return self.seed_of is not None
+
+    @property
+    def is_retrain(self) -> bool:
+        """Trained again from scratch by ``scaler retrain``: shown beside the search's numbers, never among them."""
+        return self.retrain_of is not None
 
     @property
     def is_control(self) -> bool:
@@ -267,6 +282,8 @@ class TrialRecord:
             Attr.CONTROL_OF: self.control_of,
             Attr.WEIGHTS_ARTIFACT: self.weights_artifact,
             Attr.INHERITED: None if self.inherited is None else dict(self.inherited),
+            Attr.RETRAIN_OF: self.retrain_of,
+            Attr.RECIPE: None if self.recipe is None else dict(self.recipe),
             Attr.REFERENCE: self.reference,
             Attr.WEIGHTS: self.weights,
             Attr.SAMPLER_SYSTEM_ATTRS: None if self.sampler_system_attrs is None else dict(self.sampler_system_attrs),
@@ -311,6 +328,8 @@ class TrialRecord:
             control_of=int_or_none(a.get(Attr.CONTROL_OF)),
             weights_artifact=a.get(Attr.WEIGHTS_ARTIFACT),
             inherited=a.get(Attr.INHERITED) if isinstance(a.get(Attr.INHERITED), Mapping) else None,
+            retrain_of=int_or_none(a.get(Attr.RETRAIN_OF)),
+            recipe=a.get(Attr.RECIPE) if isinstance(a.get(Attr.RECIPE), Mapping) else None,
             reference=a.get(Attr.REFERENCE),
             weights=a.get(Attr.WEIGHTS),
             sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),

@@ -324,8 +324,9 @@ class RunStore:
         Returns:
             The trial number.
         """
-        # References are named models, not points of the search space (they may lie outside it).
-        lps = isinstance(record.arch, LPSNetArch) and not record.is_reference
+        # References (named models) and retrains (of any trial, references included) are not points of
+        # the search space: they may lie outside it.
+        lps = isinstance(record.arch, LPSNetArch) and not record.is_reference and not record.is_retrain
         trial = optuna.trial.create_trial(
             state=state,
             params=arch_params(record.arch) if lps else {},
@@ -346,9 +347,15 @@ class RunStore:
 
     # -- workers ------------------------------------------------------------------------------
 
-    def claim(self) -> Claim | None:
-        """Atomically take one WAITING trial (moving it to RUNNING), or ``None`` if there is none."""
+    def claim(self, number: int | None = None) -> Claim | None:
+        """Atomically take one WAITING trial (moving it to RUNNING), or ``None`` if there is none.
+
+        Args:
+            number: Take this trial only (``None`` when it is not WAITING, or another process took it).
+        """
         for t in self.storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            if number is not None and t.number != number:
+                continue
             try:
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                     continue

@@ -59,6 +59,8 @@ def evaluate_claim(
     record = claim.record
     if record.train_seed is not None:  # a seed replica: the same recipe with another seed
         training = dataclasses.replace(training, seed=record.train_seed)
+    if record.recipe:  # a retrain: its own schedule (checked when it was queued)
+        training = dataclasses.replace(training, **{k: record.recipe[k] for k in RECIPE_KEYS if k in record.recipe})
     inherit = training.init == "inherit"
     attrs: dict[str, Any] = {}
     init_state = None
@@ -94,6 +96,10 @@ def evaluate_claim(
         log(f"trial #{claim.number} {claim.arch.inline()}: mIoU {100 * result.miou:.2f} at {latency:.2f} ms")
         return ok
     return _fail(store, claim, result.reason or "no latency recorded", log, attrs)
+
+
+# What a trial's recipe may replace of the space's training settings.
+RECIPE_KEYS = ("iters", "seed", "init")
 
 
 def _fail(

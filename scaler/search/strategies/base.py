@@ -209,9 +209,9 @@ def make_strategy(name: str, space: SearchSpace, seed: int = 0, batch: int = 1) 
 
 
 def search_trials(history: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The trials a strategy decides from: every one but the references, the seed replicas and the controls
-    (a strategy that asks for those reads them from the whole history)."""
-    return [t for t in history if not (t.is_reference or t.is_seed_replica or t.is_control)]
+    """The trials a strategy decides from: every one but the references, seed replicas, controls and retrains
+    (a strategy that asks for replicas or controls reads them from the whole history)."""
+    return [t for t in history if not (t.is_reference or t.is_seed_replica or t.is_control or t.is_retrain)]
 
 
 def latest_by_hash(history: Sequence[TrialRecord]) -> dict[str, TrialRecord]:

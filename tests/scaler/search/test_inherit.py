@@ -5,16 +5,19 @@ against it; weights travel through the run's Optuna artifact store."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from fake_search import FakeLatency
 from optuna.trial import TrialState
 from paired_standin import FakePaired
 
 import scaler.search.run as run_mod
 from models import arch_from_dict, build_model, get_arch
+from scaler.cli import main
 from scaler.report import summarize_run
 from scaler.report.render import format_frontier
 from scaler.search.inherit import artifact_store, inherited_state
@@ -160,3 +163,27 @@ def test_a_real_inherited_search_keeps_weights_as_artifacts_and_starts_candidate
     )
     assert report.info.setup().endswith(" · mIoU from inherited training")
     assert controls[0].number not in set(report.frontier["number"])
+
+    # The frontier trained again from scratch with one recipe: recorded, reused, never on the frontier.
+    frontier_numbers = sorted(int(n) for n in report.frontier["number"])
+    r = CliRunner().invoke(main, ["retrain", str(run_dir), "--frontier", "--iters", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"{run_dir}: retrained from scratch, 3 iterations, seed 0"
+    assert [int(line.split()[0]) for line in lines[2:]] == frontier_numbers
+    retrains = [t for t in open_run(run_dir).records() if t.is_retrain]
+    assert sorted(t.retrain_of for t in retrains) == frontier_numbers
+    assert all(t.complete and t.recipe == {"iters": 3, "seed": 0, "init": "scratch"} for t in retrains)
+    assert all(t.train["config"]["iters"] == 3 and "init" not in t.train["config"] for t in retrains)
+    assert all(t.inherited is None and t.weights_artifact is None for t in retrains)
+    assert sorted(int(n) for n in summarize_run(run_dir).frontier["number"]) == frontier_numbers
+    again = CliRunner().invoke(main, ["retrain", str(run_dir), "--frontier", "--iters", "3", "--json"])
+    data = json.loads(again.output)
+    assert again.exit_code == 0 and all(x["reused"] for x in data["retrained"])
+    assert len([t for t in open_run(run_dir).records() if t.is_retrain]) == len(retrains)
+    bad = CliRunner().invoke(main, ["retrain", str(run_dir), "--trial", "999"])
+    assert bad.exit_code != 0 and bad.output == (
+        f"error: scaler retrain: trial #999 of {run_dir} is not in the run; choose complete trials\n"
+    )
+    none = CliRunner().invoke(main, ["retrain", str(run_dir)])
+    assert none.output == "error: scaler retrain: choose what to retrain with --frontier or --trial N (repeatable)\n"
