@@ -143,12 +143,14 @@ class DurableJournalBackend(JournalFileBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Append ``logs`` after the last whole record, then flush and fsync (Optuna 5 fsyncs too)."""
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
-        with get_lock_file(self._lock), open(self.path, "rb+") as f:
-            self._cut_damaged_tail(f)
-            f.seek(0, os.SEEK_END)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with get_lock_file(self._lock):
+            with open(self.path, "rb+") as f:
+                self._cut_damaged_tail(f)
+            # Appending mode, as Optuna writes: a writer that ignores the lock still cannot overwrite.
+            with open(self.path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
     def repair(self) -> Path | None:
         """Move a damaged tail aside, under the journal's lock.
