@@ -9,6 +9,7 @@ at worst a stray ``.NAME.*.tmp``), never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -16,7 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "jsonable"]
+__all__ = ["DAMAGED_INFIX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "damaged_path", "jsonable"]
+
+# A damaged file's bytes are moved aside to NAME.damaged-<UTC time> beside it, never deleted.
+DAMAGED_INFIX = ".damaged-"
 
 
 def jsonable(value: Any) -> Any:
@@ -66,6 +70,27 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
     """Replace ``path``'s content with ``text`` (UTF-8) atomically (see :func:`atomic_path`). Returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def damaged_path(path: str | Path, now: datetime.datetime | None = None) -> Path:
+    """A new name beside ``path`` for its damaged bytes: ``NAME.damaged-20260102T030405Z`` (UTC).
+
+    Args:
+        path: The damaged file.
+        now: The time in the name (default: now); a name already taken gets ``-1``, ``-2``, ... added.
+
+    Returns:
+        A path that does not exist yet.
+    """
+    path = Path(path)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    stem = f"{path.name}{DAMAGED_INFIX}{now.astimezone(datetime.timezone.utc):%Y%m%dT%H%M%SZ}"
+    aside = path.with_name(stem)
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{stem}-{n}")
+    return aside
 
 
 def _new_temp(path: Path) -> Path:

@@ -10,11 +10,12 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaler.errors import UserError
-from scaler.files import atomic_write_text
+from scaler.files import atomic_write_text, damaged_path
 from scaler.measure.settings import LatencyResult
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class LatencyCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+        self._reported: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LatencyCache({str(self.path)!r})"
@@ -60,7 +62,8 @@ class LatencyCache:
     def get(self, key: str) -> LatencyResult | None:
         """The stored single measurement for ``key`` (with ``from_cache=True``), or ``None``.
 
-        An unreadable or foreign entry (a paired one too) counts as missing; the next :meth:`put` replaces it.
+        A foreign entry (a paired one too) counts as missing; the next :meth:`put` replaces it. A
+        damaged one (cut off, not JSON) is moved aside with a one-line warning and counts as missing.
         """
         data = self._read(key, "single")
         if data is None:
@@ -100,14 +103,51 @@ class LatencyCache:
         return self._write(key, "paired", result.to_dict())
 
     def _read(self, key: str, kind: str) -> dict[str, Any] | None:
+        path = self.entry_path(key)
         try:
-            data = json.loads(self.entry_path(key).read_text())
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:  # cut off, or not JSON (UnicodeDecodeError is a ValueError too)
+            self._move_aside(path, raw)
+            return None
+        try:
             # Entries written before paired results existed have no kind: they are single ones.
             if data.get("format") != CACHE_FORMAT or data.get("key") != key or data.get("kind", "single") != kind:
                 return None
             return dict(data["result"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def _move_aside(self, path: Path, raw: bytes) -> None:
+        """Move a damaged entry aside (``KEY.json.damaged-<UTC time>``), with one warning line on stderr.
+
+        Entries are written atomically, so a damaged one is a damaged disk or a hand edit; its bytes
+        are kept for a look, and the key counts as missing (measured again, then written anew).
+        """
+        if path in self._reported:
+            return
+        self._reported.add(path)
+        aside = damaged_path(path)
+        try:
+            # Another process may have just replaced it with a whole entry: that one stays.
+            if path.read_bytes() != raw:
+                return
+            os.rename(path, aside)
+        except OSError as e:
+            print(
+                f"warning: latency cache entry {path} is damaged (cut off or not JSON) and could not be moved "
+                f"aside ({e.strerror or e}); it is ignored and measured again",
+                file=sys.stderr,
+            )
+            return
+        print(
+            f"warning: latency cache entry {path} was damaged (cut off or not JSON); moved it to {aside}; "
+            "it is measured again",
+            file=sys.stderr,
+        )
 
     def _write(self, key: str, kind: str, result: dict[str, Any]) -> Path:
         final = self.entry_path(key)

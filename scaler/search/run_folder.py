@@ -3,6 +3,7 @@
 ```
 RUN/run.json          which study and storage the run uses, its strategy and space hash
 RUN/study.journal     the Optuna study (default storage), every candidate a trial
+RUN/study.journal.damaged-<UTC time>   a cut-off last record, moved aside when the search reopened the run
 RUN/artifacts/        files attached to the study (plots, model cards): Optuna's artifact store
 RUN/weights/          proxy-trained weights, with --keep-weights
 RUN/trials.csv, frontier.csv, path.csv, plots/   written by the report at the end of a session
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from scaler.errors import UserError
-from scaler.files import atomic_write_text
+from scaler.files import DAMAGED_INFIX, atomic_write_text
 
 __all__ = [
     "ARTIFACTS_DIR",
+    "DAMAGED_JOURNALS",
     "FRONTIER_CSV",
     "JOURNAL_NAME",
     "LOCK_NAME",
@@ -40,6 +42,8 @@ __all__ = [
 
 RUN_FILE = "run.json"
 JOURNAL_NAME = "study.journal"
+# Glob of the journal's damaged tails moved aside (scaler.search.journal), named by UTC time.
+DAMAGED_JOURNALS = f"{JOURNAL_NAME}{DAMAGED_INFIX}*"
 LOCK_NAME = ".search.lock"
 ARTIFACTS_DIR = "artifacts"
 WEIGHTS_DIR = "weights"
@@ -53,17 +57,25 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``run.json`` as a dict, or ``None`` when the folder has none.
 
     Raises:
-        UserError: It exists but is not a JSON object naming a study.
+        UserError: It exists but cannot be read, or is not a JSON object naming a study. It names
+            the run's study and storage, which nothing else may guess: the message says how to fix it.
     """
     marker = run_dir / RUN_FILE
     if not marker.is_file():
         return None
+    # run.json is written atomically: damage is a damaged disk or a hand edit, never a cut-off write.
+    fix = (
+        f"restore it from a copy (it names the run's study, storage and strategy, as 'scaler search' wrote it), "
+        f"or move it aside to read the run from its {JOURNAL_NAME} alone (scaler frontier, plot, explain)"
+    )
     try:
-        record = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{marker}: cannot read the run's metadata ({e})") from None
+        record = json.loads(marker.read_bytes())
+    except OSError as e:
+        raise UserError(f"{marker}: cannot read the run's metadata ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{marker}: cannot read the run's metadata, it is damaged ({e}); {fix}") from None
     if not isinstance(record, dict) or not isinstance(record.get("study_name"), str):
-        raise UserError(f"{marker}: expected a JSON object with a 'study_name' string")
+        raise UserError(f"{marker}: expected a JSON object with a 'study_name' string; {fix}")
     return record
 
 

@@ -18,8 +18,9 @@ another host) claims one atomically by moving it to RUNNING, records a heartbeat
 and finishes it as COMPLETE or FAIL. A RUNNING trial whose worker died (its process is gone, or its
 heartbeat is stale) is failed and re-queued once more by the search process.
 
-The default storage is a journal file in the run folder; a ``postgresql://`` (or any SQLAlchemy)
-URL puts the study in a database for several hosts.
+The default storage is a journal file in the run folder (:mod:`scaler.search.journal`: a cut-off
+last record is moved aside, never written onto); a ``postgresql://`` (or any SQLAlchemy) URL puts
+the study in a database for several hosts.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from models import LPSNetArch, SegArch
 from scaler.errors import UserError
 from scaler.files import jsonable
 from scaler.search.expand import Constraints
+from scaler.search.journal import open_journal
 from scaler.search.record import Attr, TrialRecord
 from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
 
@@ -106,7 +108,9 @@ def arch_from_params(params: dict[str, Any], like: LPSNetArch) -> LPSNetArch:
     )
 
 
-def open_storage(url: str | None, run_dir: Path | None, *, create: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None, run_dir: Path | None, *, create: bool = True, repair: bool = True
+) -> optuna.storages.BaseStorage:
     """The journal file in ``run_dir`` (default), or the database at ``url``.
 
     Args:
@@ -116,21 +120,22 @@ def open_storage(url: str | None, run_dir: Path | None, *, create: bool = True) 
         create: A ``journal:PATH`` that does not exist yet may be created (the search); ``False``
             for processes that join a search (workers): a missing journal is then an error, never
             an empty new file that no search will ever write to.
+        repair: For a journal (see :mod:`scaler.search.journal`): move a cut-off last record aside
+            now, with a one-line warning (processes that write: the search, workers); ``False``
+            for readers, which read the records before it and change nothing.
 
     Raises:
         StorageError: One line saying what could not be opened and why.
+        JournalDamagedError: A record in the middle of the journal cannot be read (one line).
     """
     if url is None or url == "journal":
         if run_dir is None:
             raise StorageError("no storage: give --out RUN_DIR or --storage URL")
         path = run_dir / JOURNAL_NAME
         try:
-            backend = optuna.storages.journal.JournalFileBackend(
-                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
-            )
+            return open_journal(path, repair=repair)
         except OSError as e:
             raise StorageError(f"{path}: cannot open the run's journal ({e.strerror})") from None
-        return optuna.storages.JournalStorage(backend)
     if url.startswith(("journal:", "file:")):
         path = Path(url.split(":", 1)[1]).expanduser()
         if not path.parent.is_dir():
@@ -143,12 +148,9 @@ def open_storage(url: str | None, run_dir: Path | None, *, create: bool = True) 
                 "and start the search first"
             )
         try:
-            backend = optuna.storages.journal.JournalFileBackend(
-                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
-            )
+            return open_journal(path, repair=repair)
         except OSError as e:
             raise StorageError(f"{url}: cannot open the journal ({e.strerror})") from None
-        return optuna.storages.JournalStorage(backend)
     try:
         return _rdb_storage(url)
     except ImportError as e:
@@ -477,7 +479,8 @@ def open_run(run_dir: str | Path) -> RunStore:
     # Opening a journal that is not there would create an empty one inside the user's folder.
     if url == "journal" and not journal.is_file():
         raise UserError(f"{journal}: the run's journal is missing")
-    storage = open_storage(None if url == "journal" else url, run_dir)
+    # Reading a run changes nothing in it, a damaged journal included (the next search repairs that).
+    storage = open_storage(None if url == "journal" else url, run_dir, repair=False)
     if record is not None:
         return RunStore.load(storage, record["study_name"])
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
