@@ -329,6 +329,9 @@ class LanguageHead(nn.Module):
 
         Subclasses whose per-image work can be cut by folding class-list constants return a new module
         computing the same logits (in eval mode); ``self`` is never changed.
+
+        Returns:
+            The deploy-form head (``self`` here).
         """
         return self
 
@@ -363,6 +366,12 @@ def deploy_head(head: nn.Module) -> nn.Module:
 
     The families' deploy forms go through here (:func:`models.reparameterize`), so what is timed and
     exported is this form.
+
+    Args:
+        head: A network's head (``head`` is not changed).
+
+    Returns:
+        A new module, or ``head`` itself when it has no other deploy form.
     """
     form = getattr(head, "deploy_form", None)
     return form() if callable(form) else head

@@ -165,6 +165,7 @@ class _FoldedLayer(nn.Module):
 
     @torch.no_grad()
     def refold(self, layer: FusionLayer, heads: int) -> None:
+        """Fold ``layer``'s current weights (``heads`` attention heads) into this module's buffers."""
         d = layer.to_text.q.in_features
         h, e = heads, d // heads
         s = e**-0.5
@@ -191,8 +192,16 @@ class _FoldedLayer(nn.Module):
         _put(self, "kv2_bias", bias)
 
     def text_query(self, layer: FusionLayer, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the class tokens entering the layer (``B x K x D``): the scores matrix (``B x HK x D``)
-        the pixels -> text attention applies to the normalised pixels, and the tokens plus the update's bias."""
+        """The per-image text side of the layer (for the first layer, folded once per class list).
+
+        Args:
+            layer: The layer these constants were folded from.
+            t: The class tokens entering the layer, ``B x K x D``.
+
+        Returns:
+            The matrix (``B x HK x D``, head-major rows) whose product with the normalised pixels gives
+            the pixels -> text scores, and the class tokens after the text branch plus the update's bias.
+        """
         b, k, d = t.shape
         h, e = self.key_q.shape[:2]
         t = layer.text_branch(t)
@@ -245,7 +254,14 @@ class FusionDeployHead(FusionHead):
 
     @classmethod
     def from_head(cls, head: FusionHead) -> FusionDeployHead:
-        """The deploy form of ``head`` (same weights, classes, device and dtype); ``head`` is not changed."""
+        """The deploy form of ``head`` (same weights, classes, device and dtype); ``head`` is not changed.
+
+        Args:
+            head: A trained fusion head (train or eval mode; BatchNorms use their running statistics).
+
+        Returns:
+            The new head, in eval mode.
+        """
         ref = head.class_embeddings
         # The new module's random initialisation (overwritten below) must not move the caller's RNG.
         with torch.random.fork_rng(devices=[]):
@@ -262,7 +278,11 @@ class FusionDeployHead(FusionHead):
     def set_class_embeddings(
         self, embeddings: torch.Tensor, class_names: list[str] | tuple[str, ...] | None = None
     ) -> None:
-        """As :meth:`LanguageHead.set_class_embeddings`, then the class constants are folded again."""
+        """As :meth:`LanguageHead.set_class_embeddings`, then the class constants are folded again.
+
+        Raises:
+            HeadError: As :meth:`LanguageHead.set_class_embeddings`.
+        """
         super().set_class_embeddings(embeddings, class_names)
         self.refold()
 
