@@ -5,21 +5,17 @@
   cosine between each pixel and each class's text embedding times a learnable scale (the
   DenseCLIP/LSeg score map).
 - ``fusion``: our reading of "CLIP for Lightweight Semantic Segmentation" (Jin and Yang, arXiv
-  2310.07394), whose abstract alone is public: "a parallel design of CNN and transformer with a
-  two-way bridge in between". The paper's layer details are not published; what we chose: the
-  visual map and the class tokens are projected to a common width; each of ``layers`` layers runs a
-  conv branch on the map (depthwise 3x3 + pointwise, residual: spatial context) in parallel with a
-  transformer branch on the K class tokens (self-attention + MLP, pre-norm), then the two-way
-  bridge: pixels -> text cross-attention updates the class tokens from the image, and text ->
-  pixels cross-attention injects the classes into every pixel. The logits are the same
-  pixel-text score map, between the fused pixels and the fused tokens (plus the tokens before
-  fusion, so the text embeddings keep their say). An optional auxiliary loss scores the map before
-  fusion against the projected text embeddings.
+  2310.07394): a conv branch on the visual map and a transformer branch on the class tokens with a
+  two-way bridge in between; it lives in :mod:`models.heads_fusion` with its deploy form.
 
 Language-guided heads keep their class embeddings (``K x D``, unit length) in a buffer, so a saved
 state dict and an exported ONNX model carry them (the class names travel beside the state dict, in
 the weights files the tool writes); :meth:`LanguageHead.set_class_embeddings` swaps in another
 class list of any length, and loading a state dict made for another class list takes its K.
+
+A language-guided head may have a deploy form (:meth:`LanguageHead.deploy_form`): what the families'
+``reparameterize`` puts in the deployed network, computing the same logits with what depends only on
+the class list folded into constants.
 
 A head kind is registered with :func:`register_head` (a builder function, or a :class:`LanguageHead`
 subclass); :func:`build_head` and :class:`HeadConfig` know only the registered kinds.
@@ -41,12 +37,14 @@ from .text import DEFAULT_TEMPLATES, TextEncoderError, check_spec, check_templat
 __all__ = [
     "HEAD_KINDS",
     "DenseCLIPHead",
+    "FusionDeployHead",
     "FusionHead",
     "HeadBuilder",
     "HeadConfig",
     "HeadError",
     "LanguageHead",
     "build_head",
+    "deploy_head",
     "head_kinds",
     "plain_head",
     "register_head",
@@ -326,6 +324,17 @@ class LanguageHead(nn.Module):
             self.class_embeddings = torch.empty_like(incoming, device=self.class_embeddings.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def deploy_form(self) -> nn.Module:
+        """This head in its deploy form (what a deployed network ends in); a head without one returns itself.
+
+        Subclasses whose per-image work can be cut by folding class-list constants return a new module
+        computing the same logits (in eval mode); ``self`` is never changed.
+
+        Returns:
+            The deploy-form head (``self`` here).
+        """
+        return self
+
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(MAX_SCALE)).exp()
 
@@ -352,88 +361,23 @@ class DenseCLIPHead(LanguageHead):
         return (logits, None) if return_aux else logits
 
 
-class _Attention(nn.Module):
-    """Multi-head attention as plain matmul and softmax (exports to ONNX at any opset we use)."""
+def deploy_head(head: nn.Module) -> nn.Module:
+    """The deploy form of any head: :meth:`LanguageHead.deploy_form`, or ``head`` itself (``plain``).
 
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+    The families' deploy forms go through here (:func:`models.reparameterize`), so what is timed and
+    exported is this form.
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, nq, d = query.shape
-        nk = context.shape[1]
-        h = self.heads
-        q = self.q(query).reshape(b, nq, h, d // h).transpose(1, 2)
-        k = self.k(context).reshape(b, nk, h, d // h).transpose(1, 2)
-        v = self.v(context).reshape(b, nk, h, d // h).transpose(1, 2)
-        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
-        return self.out(torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d))
+    Args:
+        head: A network's head (``head`` is not changed).
+
+    Returns:
+        A new module, or ``head`` itself when it has no other deploy form.
+    """
+    form = getattr(head, "deploy_form", None)
+    return form() if callable(form) else head
 
 
-class FusionLayer(nn.Module):
-    """Conv branch (visual map) and transformer branch (class tokens) in parallel, then the two-way bridge."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=False),
-            nn.BatchNorm2d(dim),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(dim),
-        )
-        self.text_norm1 = nn.LayerNorm(dim)
-        self.text_self = _Attention(dim, heads)
-        self.text_norm2 = nn.LayerNorm(dim)
-        self.text_mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
-        self.to_text_q = nn.LayerNorm(dim)
-        self.to_text_kv = nn.LayerNorm(dim)
-        self.to_text = _Attention(dim, heads)
-        self.to_pixels_q = nn.LayerNorm(dim)
-        self.to_pixels_kv = nn.LayerNorm(dim)
-        self.to_pixels = _Attention(dim, heads)
-
-    def forward(self, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, d, h, w = v.shape
-        v = F.relu(v + self.conv(v))
-        n = self.text_norm1(t)
-        t = t + self.text_self(n, n)
-        t = t + self.text_mlp(self.text_norm2(t))
-        tokens = v.flatten(2).transpose(1, 2)
-        t = t + self.to_text(self.to_text_q(t), self.to_text_kv(tokens))
-        tokens = tokens + self.to_pixels(self.to_pixels_q(tokens), self.to_pixels_kv(t))
-        return tokens.transpose(1, 2).reshape(b, d, h, w), t
-
-
-@register_head("fusion")
-class FusionHead(LanguageHead):
-    """The two-way fusion module (see the module docstring for what the paper leaves open)."""
-
-    def __init__(self, config: HeadConfig, in_channels: int, text_dim: int, num_classes: int) -> None:
-        super().__init__(config, in_channels, text_dim, num_classes)
-        dim = config.dim
-        self.visual_in = nn.Sequential(
-            nn.Conv2d(in_channels, dim, 1, 1, 0, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)
-        )
-        self.text_in = nn.Linear(text_dim, dim)
-        self.layers = nn.ModuleList(FusionLayer(dim, config.heads) for _ in range(config.layers))
-        self.pixel_out = nn.Conv2d(dim, dim, 1, 1, 0, bias=True)
-        self.text_out = nn.Linear(dim, dim)
-        self.aux_pixel = nn.Conv2d(dim, dim, 1, 1, 0, bias=True) if config.has_aux else None
-
-    def forward(self, x: torch.Tensor, return_aux: bool = False) -> Any:
-        b = x.shape[0]
-        t0 = self.text_in(self.class_embeddings).unsqueeze(0).expand(b, -1, -1)
-        v0 = self.visual_in(x)
-        v, t = v0, t0
-        for layer in self.layers:
-            v, t = layer(v, t)
-        logits = self.score_map(self.pixel_out(v), self.text_out(t) + t0)
-        if not return_aux:
-            return logits
-        aux = self.score_map(self.aux_pixel(v0), t0) if self.aux_pixel is not None else None
-        return logits, aux
+# The fusion head is big enough for a module of its own; importing it registers the kind after
+# plain and denseclip (the registration order is the order error messages list the kinds in). It
+# imports this module's names, so it comes last.
+from .heads_fusion import FusionDeployHead, FusionHead  # noqa: E402

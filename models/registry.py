@@ -18,6 +18,7 @@ A new family is one new module, imported by :mod:`models` so that it registers.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from torch import nn
 
 from .arch import ArchError, ArchJSON, loads_object
 from .base import SegNet
-from .heads import HEAD_KINDS, HeadConfig
+from .heads import HEAD_KINDS, HeadConfig, deploy_head
 
 __all__ = [
     "Family",
@@ -254,7 +255,8 @@ def build_model(arch: SegArch, *, deploy: bool = False) -> SegModel:
 
 
 def reparameterize(model: SegModel) -> SegModel:
-    """The deploy form of ``model`` (BatchNorm folded), computing what ``model.eval()`` computes.
+    """The deploy form of ``model`` (BatchNorm folded, the head in its deploy form: :func:`~models.heads.deploy_head`),
+    computing what ``model.eval()`` computes.
 
     Raises:
         TypeError: ``model`` is not a network of a registered family.
@@ -263,7 +265,16 @@ def reparameterize(model: SegModel) -> SegModel:
     if family is None:
         known = ", ".join(f.model_class.__name__ for f in _FAMILIES.values())
         raise TypeError(f"reparameterize takes a network of a registered family ({known}), got {type(model).__name__}")
-    return family.reparameterize(model)
+    fused = family.reparameterize(model)
+    # The head's own deploy form (the fusion head folds its class constants); the families copy the
+    # head as it is. ``model`` itself is returned when already deployed: never change it in place.
+    head = getattr(model, "head", None)
+    folded = deploy_head(head) if isinstance(head, nn.Module) else head
+    if folded is not head:
+        if fused is model:
+            fused = copy.deepcopy(model)
+        fused.head = folded
+    return fused
 
 
 def portable_state_dict(model: nn.Module) -> dict[str, Any]:
