@@ -234,13 +234,17 @@ def format_export(result: ExportResult, run_dir: str | Path) -> str:
     latency = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms"
     lines = [
         f"trial {r.trial} of {run_dir} ({r.selected_by}): {r.arch.inline()}",
-        f"  latency      {latency} (input {'x'.join(map(str, r.input_shape))}, "
+        f"  latency      {latency} (input {'x'.join(map(str, r.timed_shape or r.input_shape))}, "
         f"{'with' if r.include_upsample else 'no'} final upsample)",
         f"  mIoU         {miou}",
     ]
+    if r.timed_shape and r.timed_shape != r.input_shape:
+        lines.append(f"  exported at  input {'x'.join(map(str, r.input_shape))} (the latency above is the run's)")
     for fmt, path in r.files.items():
         check = r.checks.get(fmt, {})
         note = f"  (max abs diff vs PyTorch {check['max_abs_diff']:.1e})" if "max_abs_diff" in check else ""
+        if check.get("dynamic_axes"):
+            note += f"  batch free (checked at {' and '.join(map(str, check['checked_batches']))})"
         lines.append(f"  {fmt:<12} {path}{note}")
     lines.append(f"  {'model card':<12} {r.model_card}")
     if any(f in r.files for f in ("onnx", "torchscript")):
