@@ -128,7 +128,7 @@ def search_cmd(
         )
     except Stopped as stop:
         click.echo(f"search {_stopped_line(stop)}; resume with the same command: {_same_command('search')}", err=True)
-        raise click.exceptions.Exit(stop.exit_code) from None
+        raise SystemExit(stop.exit_code) from None
     files, report = write_run_outputs(Path(run_dir))
     data = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()},
@@ -190,14 +190,19 @@ def worker_cmd(
         # Local workers of a search are stopped with it; the search says what happened.
         if parent_pid is None:
             click.echo(f"worker {_stopped_line(stop)}; start it again to go on: {_same_command('worker')}", err=True)
-        raise click.exceptions.Exit(stop.exit_code) from None
+        raise SystemExit(stop.exit_code) from None
     if not quiet:
         click.echo(f"worker done: {n} candidate(s) evaluated")
 
 
 def _stopped_line(stop: Any) -> str:
-    """``stopped by SIGINT; trial #7 (stopped, not failed) is queued again``: what a stop did to the run."""
+    """``stopped by SIGINT; the candidate in training is queued again as trial #7 ...``: what a stop did."""
     if not stop.requeued:
         return f"{stop.reason}; no trial was in training"
     numbers = ", ".join(f"#{n}" for n in stop.requeued)
-    return f"{stop.reason}; the candidate in training is queued again as trial {numbers} (a stop, not a failure)"
+    if len(stop.requeued) == 1:
+        return f"{stop.reason}; the candidate in training is queued again as trial {numbers} (a stop, not a failure)"
+    return (
+        f"{stop.reason}; the {len(stop.requeued)} candidates in training are queued again as trials {numbers} "
+        "(stops, not failures)"
+    )

@@ -64,12 +64,14 @@ class Stopped(BaseException):
 def stop_on_signals() -> Iterator[None]:
     """Turn the first SIGINT or SIGTERM into :class:`Stopped` while the block runs.
 
-    Outside the main thread (where Python cannot install handlers) this does nothing.
+    Outside the main thread (where Python cannot install handlers) this does nothing, and a signal
+    the process was started ignoring stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    # A signal ignored when the process started (SIGINT of a background job in a script) stays ignored.
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         # One stop is enough: a second signal during the cleanup acts as it would have without us.
@@ -77,7 +79,7 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, h)
         raise Stopped(signum)
 
-    for s in STOP_SIGNALS:
+    for s in previous:
         signal.signal(s, handler)
     try:
         yield

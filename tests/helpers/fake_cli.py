@@ -10,7 +10,6 @@ which a test stops the process mid-training.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
@@ -34,4 +33,4 @@ if __name__ == "__main__":
     run_mod.measure_latency = FakeLatency()
     run_mod.measure_paired = FakePaired()
     worker_mod.train_and_evaluate = slow_train
-    sys.exit(main())
+    main()  # as `python -m scaler.cli` does: the exit status is the command's own
