@@ -15,12 +15,12 @@ marked stopped and queued again, the run's status says ``stopped``, and :func:`r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -201,7 +201,7 @@ def _run_search(
                 progress,
             )
         except Stopped as stop:
-            mark_stopped(store, stop, os.getpid())
+            mark_stopped(store, stop, [os.getpid()])
             # The local workers, stopped with the search, queued their trials again themselves.
             stop.requeued[:] = _requeued_since(store, session_start)
             store.put("status", "stopped")
@@ -292,14 +292,30 @@ def _session(
     try:
         _queue_references(store, space, ctx, dists, log)
         reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress, bars)
+    except Stopped as stop:
+        # The workers stop as the search did (a terminal's Ctrl-C reaches them anyway: they take one
+        # stop signal and ignore the rest), and what one could not mark before it ended is marked here.
+        _end_workers(procs, stop.signum)
+        mark_stopped(store, stop, [p.pid for p in procs])
+        raise
     finally:
         bars.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=30)
+        _end_workers(procs, signal.SIGTERM)
     return reason, timings
+
+
+def _end_workers(procs: Sequence[subprocess.Popen], signum: int, wait_s: float = 30.0) -> None:
+    """Send ``signum`` to the local workers still running, wait up to ``wait_s`` for them, then kill the rest."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)
+    deadline = time.monotonic() + wait_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _requeued_since(store: RunStore, since: datetime.datetime) -> list[int]:

@@ -7,6 +7,8 @@ then marks the trials it was evaluating as stopped (:func:`mark_stopped`: FAIL w
 resume, or another worker, trains them again and no report counts them as failures. A second
 signal during that cleanup acts as it would without this module (SIGINT raises
 ``KeyboardInterrupt``, SIGTERM ends the process): the trial is then reaped as "worker died" later.
+Local workers of a search ignore a second signal instead (``ignore_repeats``): a terminal's Ctrl-C
+reaches them and the search forwards it too, and their cleanup must not be cut short by that.
 
 A process killed outright (SIGKILL, a crash, a lost machine) cannot mark anything: its trials stay
 RUNNING until the next search reaps them as "worker died" (:meth:`RunStore.reap_stale`), a state
@@ -20,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -61,8 +63,13 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(*, ignore_repeats: bool = False) -> Iterator[None]:
     """Turn the first SIGINT or SIGTERM into :class:`Stopped` while the block runs.
+
+    Args:
+        ignore_repeats: Ignore the stop signals that follow the first, also after the block (for
+            processes whose parent forwards its own stop: they are ending); by default they act as
+            without the block.
 
     Outside the main thread (where Python cannot install handlers) this does nothing, and a signal
     the process was started ignoring stays ignored.
@@ -76,20 +83,25 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         # One stop is enough: a second signal during the cleanup acts as it would have without us.
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if ignore_repeats else h)
         raise Stopped(signum)
 
     for s in previous:
         signal.signal(s, handler)
     try:
         yield
-    finally:
+    except Stopped:
+        if not ignore_repeats:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        raise
+    else:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
-def mark_stopped(store: RunStore, stop: Stopped, pid: int) -> list[int]:
-    """Mark the RUNNING trials that process ``pid`` on this host owns as stopped, and queue each again.
+def mark_stopped(store: RunStore, stop: Stopped, pids: Iterable[int]) -> list[int]:
+    """Mark the RUNNING trials that processes ``pids`` on this host own as stopped, and queue each again.
 
     A stopped trial ends FAIL (Optuna has no state for "interrupted" and never moves a trial back
     to WAITING) with ``Attr.STOPPED`` = the signal's name and ``fail_reason`` = ``stopped by SIGINT``;
@@ -98,16 +110,18 @@ def mark_stopped(store: RunStore, stop: Stopped, pid: int) -> list[int]:
     Args:
         store: The run's study.
         stop: The signal that stopped the process.
-        pid: The process whose trials are marked (this one).
+        pids: The processes whose trials are marked: this one, and the local workers of a search
+            (whatever they could not mark themselves before they ended).
 
     Returns:
         The numbers of the copies queued again (also appended to ``stop.requeued``).
     """
     host = socket.gethostname()
+    pids = set(pids)
     requeued = []
     for t in store.trials(states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get(Attr.OWNER) or {}
-        if owner.get("host") != host or owner.get("pid") != pid:
+        if owner.get("host") != host or owner.get("pid") not in pids:
             continue
         store.storage.set_trial_user_attr(t._trial_id, Attr.STOPPED, stop.name)
         store.storage.set_trial_user_attr(t._trial_id, Attr.FAIL_REASON, stop.reason)

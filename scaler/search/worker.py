@@ -121,7 +121,8 @@ def run_worker(
         Stopped: SIGINT or SIGTERM stopped the worker; the trial it was training is queued again
             (the copy's number in ``requeued``).
     """
-    with stop_on_signals():
+    # A local worker of a search is stopped by the search too: one stop is enough (stops module).
+    with stop_on_signals(ignore_repeats=parent_pid is not None):
         return _run_worker(
             storage_url,
             study_name,
@@ -176,7 +177,7 @@ def _run_worker(
         return _evaluate_queued(store, training, poll_s, max_idle_s, parent_pid, weights_dir, run_dir, log, progress)
     except Stopped as stop:
         # From the claim on, wherever the signal came: the trial this process holds is queued again.
-        mark_stopped(store, stop, os.getpid())
+        mark_stopped(store, stop, [os.getpid()])
         raise
 
 

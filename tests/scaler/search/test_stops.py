@@ -178,3 +178,42 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(tmp_path):
     trials = open_run(run_dir).trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["stopped"] == "SIGTERM" and trials[1].user_attrs["retry_of"] == 0
+
+
+def test_ctrl_c_stops_a_search_and_its_local_workers(tmp_path):
+    # A terminal's Ctrl-C: SIGINT to the whole process group, the search and its workers (which
+    # train for real here: the fake training is this process's, not theirs).
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("iters: 4,", "iters: 400,"))
+    run_dir = tmp_path / "run"
+    args = ["search", "--space", str(space), "--out", str(run_dir), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(
+        _fake(*args), env=_env(tmp_path, 0), stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run_dir / "study.journal").exists():
+            running = [t for t in open_run(run_dir).trials() if t.state == TrialState.RUNNING]
+            if len(running) == 1 and "owner" in running[0].user_attrs:
+                break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"no worker ever trained: {proc.communicate()[1][-2000:]}")
+    worker = running[0].user_attrs["owner"]["pid"]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    trials = open_run(run_dir).trials()
+    copy = next(t for t in trials if t.user_attrs.get("retry_of") == running[0].number)
+    assert _lines(err) == [
+        f"search stopped by SIGINT; the candidate in training is queued again as trial #{copy.number} "
+        f"(a stop, not a failure); resume with the same command: scaler {' '.join(args)}"
+    ]
+    # The worker took the SIGINT of the terminal and the search's, and still queued its trial again.
+    stopped = trials[running[0].number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["stopped"] == "SIGINT"
+    assert copy.state == TrialState.WAITING
+    # No worker is left training on its own.
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
