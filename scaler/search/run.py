@@ -293,9 +293,9 @@ def _session(
         _queue_references(store, space, ctx, dists, log)
         reason = _loop(store, strat, ctx, dists, space, workers, procs, weights_dir, timings, log, progress, bars)
     except Stopped as stop:
-        # The workers stop as the search did (a terminal's Ctrl-C reaches them anyway: they take one
-        # stop signal and ignore the rest), and what one could not mark before it ended is marked here.
-        _end_workers(procs, stop.signum)
+        # The workers (in sessions of their own: a terminal's Ctrl-C reached the search alone) stop
+        # with it and queue their trials again; what one could not mark before it ended is marked here.
+        _end_workers(procs, signal.SIGTERM)
         mark_stopped(store, stop, [p.pid for p in procs])
         raise
     finally:

@@ -7,8 +7,6 @@ then marks the trials it was evaluating as stopped (:func:`mark_stopped`: FAIL w
 resume, or another worker, trains them again and no report counts them as failures. A second
 signal during that cleanup acts as it would without this module (SIGINT raises
 ``KeyboardInterrupt``, SIGTERM ends the process): the trial is then reaped as "worker died" later.
-Local workers of a search ignore a second signal instead (``ignore_repeats``): a terminal's Ctrl-C
-reaches them and the search forwards it too, and their cleanup must not be cut short by that.
 
 A process killed outright (SIGKILL, a crash, a lost machine) cannot mark anything: its trials stay
 RUNNING until the next search reaps them as "worker died" (:meth:`RunStore.reap_stale`), a state
@@ -63,13 +61,8 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def stop_on_signals(*, ignore_repeats: bool = False) -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """Turn the first SIGINT or SIGTERM into :class:`Stopped` while the block runs.
-
-    Args:
-        ignore_repeats: Ignore the stop signals that follow the first, also after the block (for
-            processes whose parent forwards its own stop: they are ending); by default they act as
-            without the block.
 
     Outside the main thread (where Python cannot install handlers) this does nothing, and a signal
     the process was started ignoring stays ignored.
@@ -83,19 +76,14 @@ def stop_on_signals(*, ignore_repeats: bool = False) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         # One stop is enough: a second signal during the cleanup acts as it would have without us.
         for s, h in previous.items():
-            signal.signal(s, signal.SIG_IGN if ignore_repeats else h)
+            signal.signal(s, h)
         raise Stopped(signum)
 
     for s in previous:
         signal.signal(s, handler)
     try:
         yield
-    except Stopped:
-        if not ignore_repeats:
-            for s, h in previous.items():
-                signal.signal(s, h)
-        raise
-    else:
+    finally:
         for s, h in previous.items():
             signal.signal(s, h)
 

@@ -80,7 +80,9 @@ def start_local_workers(
 ) -> list[subprocess.Popen]:
     """Start ``n`` worker processes (``python -m scaler.cli worker``) on this host for the run.
 
-    They exit when the search finishes, or when this process (their parent) is gone.
+    They exit when the search finishes, or when this process (their parent) is gone. Each runs in
+    a session of its own, so a terminal's Ctrl-C reaches the search alone: the search stops them
+    (SIGTERM) when it stops, after a worker still starting up would otherwise print a traceback.
     """
     url = storage_url or f"journal:{(run_dir / JOURNAL_NAME).resolve()}"
     cmd = [
@@ -98,7 +100,7 @@ def start_local_workers(
     ]
     if weights_dir is not None:
         cmd += ["--weights-dir", str(weights_dir), "--run-dir", str(run_dir)]
-    return [subprocess.Popen(cmd) for _ in range(n)]
+    return [subprocess.Popen(cmd, start_new_session=True) for _ in range(n)]
 
 
 def run_worker(
@@ -121,8 +123,7 @@ def run_worker(
         Stopped: SIGINT or SIGTERM stopped the worker; the trial it was training is queued again
             (the copy's number in ``requeued``).
     """
-    # A local worker of a search is stopped by the search too: one stop is enough (stops module).
-    with stop_on_signals(ignore_repeats=parent_pid is not None):
+    with stop_on_signals():
         return _run_worker(
             storage_url,
             study_name,

@@ -181,8 +181,9 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(tmp_path):
 
 
 def test_ctrl_c_stops_a_search_and_its_local_workers(tmp_path):
-    # A terminal's Ctrl-C: SIGINT to the whole process group, the search and its workers (which
-    # train for real here: the fake training is this process's, not theirs).
+    # A terminal's Ctrl-C: SIGINT to the foreground process group. The search's workers (which train
+    # for real here: the fake training is this process's, not theirs) are in sessions of their own;
+    # the search stops them.
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("iters: 4,", "iters: 400,"))
     run_dir = tmp_path / "run"
@@ -210,9 +211,9 @@ def test_ctrl_c_stops_a_search_and_its_local_workers(tmp_path):
         f"search stopped by SIGINT; the candidate in training is queued again as trial #{copy.number} "
         f"(a stop, not a failure); resume with the same command: scaler {' '.join(args)}"
     ]
-    # The worker took the SIGINT of the terminal and the search's, and still queued its trial again.
+    # The worker, stopped by its search, queued its trial again.
     stopped = trials[running[0].number]
-    assert stopped.state == TrialState.FAIL and stopped.user_attrs["stopped"] == "SIGINT"
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["stopped"] == "SIGTERM"
     assert copy.state == TrialState.WAITING
     # No worker is left training on its own.
     with pytest.raises(ProcessLookupError):
