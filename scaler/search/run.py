@@ -83,6 +83,7 @@ def _space_record(space: SearchSpace, class_names: list[str]) -> dict[str, Any]:
     return {**space.to_dict(), "num_classes": len(class_names)}
 
 
+@stop_on_signals()
 def run_search(
     space: SearchSpace,
     run_dir: str | Path,
@@ -115,37 +116,7 @@ def run_search(
         Stopped: SIGINT or SIGTERM stopped the search; the interrupted trials are queued again
             (their copies' numbers in ``requeued``) and the run's status is ``stopped``.
     """
-    with stop_on_signals():
-        return _run_search(
-            space,
-            Path(run_dir),
-            space_file=space_file,
-            storage_url=storage_url,
-            strategy=strategy,
-            workers=workers,
-            seed=seed,
-            keep_weights=keep_weights,
-            latency_cache=latency_cache,
-            log=log,
-            progress=progress,
-        )
-
-
-def _run_search(
-    space: SearchSpace,
-    run_dir: Path,
-    *,
-    space_file: str | None,
-    storage_url: str | None,
-    strategy: str,
-    workers: int,
-    seed: int,
-    keep_weights: bool,
-    latency_cache: LatencyCache | None,
-    log: Callable[[str], None],
-    progress: bool | None,
-) -> SearchSummary:
-    """:func:`run_search`, with SIGINT and SIGTERM already turned into :class:`Stopped`."""
+    run_dir = Path(run_dir)
     t0 = time.perf_counter()
     session_start = datetime.datetime.now()
     strategy_cls = strategy_class(strategy)

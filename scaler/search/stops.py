@@ -62,7 +62,8 @@ class Stopped(BaseException):
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn the first SIGINT or SIGTERM into :class:`Stopped` while the block runs.
+    """Turn the first SIGINT or SIGTERM into :class:`Stopped` while the block (or, as a decorator,
+    the function: :func:`~scaler.search.run.run_search`, :func:`~scaler.search.worker.run_worker`) runs.
 
     Outside the main thread (where Python cannot install handlers) this does nothing, and a signal
     the process was started ignoring stays ignored.

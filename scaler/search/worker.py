@@ -103,6 +103,7 @@ def start_local_workers(
     return [subprocess.Popen(cmd, start_new_session=True) for _ in range(n)]
 
 
+@stop_on_signals()
 def run_worker(
     storage_url: str,
     study_name: str,
@@ -123,35 +124,6 @@ def run_worker(
         Stopped: SIGINT or SIGTERM stopped the worker; the trial it was training is queued again
             (the copy's number in ``requeued``).
     """
-    with stop_on_signals():
-        return _run_worker(
-            storage_url,
-            study_name,
-            device=device,
-            weights_dir=weights_dir,
-            poll_s=poll_s,
-            max_idle_s=max_idle_s,
-            parent_pid=parent_pid,
-            run_dir=run_dir,
-            log=log,
-            progress=progress,
-        )
-
-
-def _run_worker(
-    storage_url: str,
-    study_name: str,
-    *,
-    device: str | None,
-    weights_dir: Path | None,
-    poll_s: float,
-    max_idle_s: float | None,
-    parent_pid: int | None,
-    run_dir: Path | None,
-    log: Callable[[str], None],
-    progress: bool | None,
-) -> int:
-    """:func:`run_worker`, with SIGINT and SIGTERM already turned into :class:`Stopped`."""
     storage = open_storage(storage_url, None, create=False)
     started = time.monotonic()
     waiting_logged = False

@@ -206,14 +206,16 @@ def test_ctrl_c_stops_a_search_and_its_local_workers(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     trials = open_run(run_dir).trials()
-    copy = next(t for t in trials if t.user_attrs.get("retry_of") == running[0].number)
+    states = [(t.number, t.state.name, t.user_attrs.get("stopped")) for t in trials]
+    copy = next((t for t in trials if t.user_attrs.get("retry_of") == running[0].number), None)
+    assert copy is not None, (states, err)
     assert _lines(err) == [
         f"search stopped by SIGINT; the candidate in training is queued again as trial #{copy.number} "
         f"(a stop, not a failure); resume with the same command: scaler {' '.join(args)}"
     ]
     # The worker, stopped by its search, queued its trial again.
     stopped = trials[running[0].number]
-    assert stopped.state == TrialState.FAIL and stopped.user_attrs["stopped"] == "SIGTERM"
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["stopped"] == "SIGTERM", (states, err)
     assert copy.state == TrialState.WAITING
     # No worker is left training on its own.
     with pytest.raises(ProcessLookupError):
