@@ -6,7 +6,7 @@ import json
 
 import click
 
-from scaler.cli.main import emit_json, main
+from scaler.cli.main import HxW, emit_json, main
 
 
 @main.command("frontier")
@@ -93,6 +93,23 @@ def plot_cmd(run_dir: str, compare: tuple[str, ...], output: str | None, as_json
     default=None,
     help="End the ONNX/TorchScript models with the upsample to the input size [default: as the run timed them].",
 )
+@click.option(
+    "--dynamic-axes",
+    type=click.Choice(["none", "batch"]),
+    default="none",
+    show_default=True,
+    help="none: the ONNX model takes the one shape the run timed; batch: its batch dimension is free "
+    "(checked with onnxruntime at two batch sizes). Height and width are always fixed: export at the "
+    "size you deploy at with --input-size.",
+)
+@click.option(
+    "--input-size",
+    type=HxW(),
+    default=None,
+    help="Export the ONNX/TorchScript models for this HxW input instead of the run's. Any size at which "
+    "every path's input is at least 1x1 (an LPS-Net path of resolution r sees int(H*r) x int(W*r)); "
+    "the card's latency stays the run's [default: the run's input size].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def export_cmd(
     run_dir: str,
@@ -102,12 +119,16 @@ def export_cmd(
     formats: str,
     out_dir: str,
     upsample: bool | None,
+    dynamic_axes: str,
+    input_size: tuple[int, int] | None,
     as_json: bool,
 ) -> None:
     """Export one trial of a run: arch.json, ONNX, TorchScript, weights, and a MODEL_CARD.md.
 
-    ONNX and TorchScript hold the deploy form (BatchNorm folded) at the run's input size, and are
-    checked against PyTorch's output before they are kept.
+    ONNX and TorchScript hold the deploy form (BatchNorm folded) at the run's input size (or
+    --input-size), and are checked against PyTorch's output before they are kept. Their height and
+    width are fixed: an LPS-Net resizes its input to each path's size when exported, so a model
+    exported at one size computes nothing sensible at another; export once per deployed size.
     """
     from scaler.report.export import export_trial
     from scaler.report.render import format_export
@@ -122,6 +143,8 @@ def export_cmd(
         max_latency_ms=max_latency,
         min_miou=None if min_miou is None else min_miou / 100,
         upsample=upsample,
+        dynamic_axes=dynamic_axes,
+        input_size=input_size,
     )
     if as_json:
         emit_json(result.to_dict())

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from scaler.cli.main import emit_json, main
+
+
+def _same_command(name: str) -> str:
+    """The command line this process was started with, as ``scaler NAME ...`` (for the resume hint)."""
+    args = sys.argv[1:]
+    # Started as `scaler search ...` or `python -m scaler.cli search ...`: argv[1:] begins with the command.
+    if name in args:
+        args = args[args.index(name) + 1 :]
+    return shlex.join(["scaler", name, *args])
 
 
 class StrategyChoice(click.Choice):
@@ -81,14 +92,19 @@ def search_cmd(
     """Grow networks from the space's start, measuring latency here and mIoU by short training.
 
     Every candidate is kept as a trial of an Optuna study in the run. Running the same command
-    again resumes the search: finished evaluations are reused, and a candidate whose worker died is
-    evaluated again. Other machines can help with `scaler worker --storage URL --study NAME`.
+    again resumes the search: finished evaluations are reused, and a candidate whose worker died or
+    was stopped is evaluated again. Other machines can help with `scaler worker --storage URL --study NAME`.
+
+    Ctrl-C (SIGINT) or SIGTERM stops the search cleanly: the candidate in training is marked stopped
+    (not failed) and queued again, and the command exits 130 (SIGINT) or 143 (SIGTERM) with one
+    line saying how to resume.
     """
 
     from scaler.report.outputs import write_run_outputs
     from scaler.report.render import format_frontier, format_search
     from scaler.search.run import run_search
     from scaler.search.space import load_space
+    from scaler.search.stops import Stopped
 
     space = load_space(space_file)
 
@@ -97,18 +113,22 @@ def search_cmd(
         if message.startswith("warning:") or not (quiet or as_json):
             click.echo(message, err=True)
 
-    summary = run_search(
-        space,
-        Path(run_dir),
-        space_file=space_file,
-        storage_url=storage,
-        strategy=strategy,
-        workers=workers,
-        seed=seed,
-        keep_weights=keep_weights,
-        log=log,
-        progress=False if quiet or as_json else None,
-    )
+    try:
+        summary = run_search(
+            space,
+            Path(run_dir),
+            space_file=space_file,
+            storage_url=storage,
+            strategy=strategy,
+            workers=workers,
+            seed=seed,
+            keep_weights=keep_weights,
+            log=log,
+            progress=False if quiet or as_json else None,
+        )
+    except Stopped as stop:
+        click.echo(f"search {_stopped_line(stop)}; resume with the same command: {_same_command('search')}", err=True)
+        raise SystemExit(stop.exit_code) from None
     files, report = write_run_outputs(Path(run_dir))
     data = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()},
@@ -153,22 +173,42 @@ def worker_cmd(
 ) -> None:
     """Train queued candidates of a search until it finishes (run it on any machine)."""
 
+    from scaler.search.stops import Stopped
     from scaler.search.worker import run_worker
 
     def log(message: str) -> None:
         if not quiet:
             click.echo(message, err=True)
 
-    n = run_worker(
-        storage,
-        study_name,
-        device=device,
-        weights_dir=Path(weights_dir) if weights_dir else None,
-        max_idle_s=max_idle,
-        parent_pid=parent_pid,
-        run_dir=Path(run_dir) if run_dir else None,
-        log=log,
-        progress=False if quiet else None,
-    )
+    try:
+        n = run_worker(
+            storage,
+            study_name,
+            device=device,
+            weights_dir=Path(weights_dir) if weights_dir else None,
+            max_idle_s=max_idle,
+            parent_pid=parent_pid,
+            run_dir=Path(run_dir) if run_dir else None,
+            log=log,
+            progress=False if quiet else None,
+        )
+    except Stopped as stop:
+        # Local workers of a search are stopped with it; the search says what happened.
+        if parent_pid is None:
+            click.echo(f"worker {_stopped_line(stop)}; start it again to go on: {_same_command('worker')}", err=True)
+        raise SystemExit(stop.exit_code) from None
     if not quiet:
         click.echo(f"worker done: {n} candidate(s) evaluated")
+
+
+def _stopped_line(stop: Any) -> str:
+    """``stopped by SIGINT; the candidate in training is queued again as trial #7 ...``: what a stop did."""
+    if not stop.requeued:
+        return f"{stop.reason}; no trial was in training"
+    numbers = ", ".join(f"#{n}" for n in stop.requeued)
+    if len(stop.requeued) == 1:
+        return f"{stop.reason}; the candidate in training is queued again as trial {numbers} (a stop, not a failure)"
+    return (
+        f"{stop.reason}; the {len(stop.requeued)} candidates in training are queued again as trials {numbers} "
+        "(stops, not failures)"
+    )

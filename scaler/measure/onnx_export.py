@@ -2,7 +2,10 @@
 
 Both the latency runners that run ONNX (onnxruntime, TensorRT) and ``scaler export`` go through
 here, so a network is exported the same way (TorchScript exporter, fixed opset, fixed input shape,
-constants folded) whether it is timed or shipped. Each caller keeps its own tolerance and wording:
+constants folded) whether it is timed or shipped; a shipped model may leave its batch dimension
+free (``dynamic_batch``). Its height and width stay fixed: an LPS-Net resizes its input to each
+path's ``int(H*r) x int(W*r)`` and its features to each other's sizes, computed in Python, so the
+tracer records them as constants. Each caller keeps its own tolerance and wording:
 :func:`check_output` raises :class:`OutputMismatch` with the shared part of the message, and the
 caller adds where and why.
 """
@@ -25,7 +28,8 @@ __all__ = ["ONNX_OPSET", "OutputCheck", "OutputMismatch", "check_output", "expor
 ONNX_OPSET = 17
 
 
-def _export(model: nn.Module, x: torch.Tensor, target: str | BinaryIO) -> None:
+def _export(model: nn.Module, x: torch.Tensor, target: str | BinaryIO, *, dynamic_batch: bool = False) -> None:
+    axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         # The tracer warns that shapes become constants: exactly what a fixed-shape export wants.
         warnings.simplefilter("ignore")
@@ -38,6 +42,7 @@ def _export(model: nn.Module, x: torch.Tensor, target: str | BinaryIO) -> None:
             input_names=["image"],
             output_names=["logits"],
             do_constant_folding=True,
+            dynamic_axes=axes,
         )
 
 
@@ -56,18 +61,20 @@ def onnx_bytes(model: nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def export_onnx(model: nn.Module, x: torch.Tensor, path: str | Path) -> None:
+def export_onnx(model: nn.Module, x: torch.Tensor, path: str | Path, *, dynamic_batch: bool = False) -> None:
     """``model`` exported to ONNX as :func:`onnx_bytes` does, written to ``path``.
 
     Args:
         model: The network, in eval mode.
         x: An example input; its shape becomes the model's fixed input shape.
         path: The file to write (replaced if it exists).
+        dynamic_batch: Leave the batch dimension of ``image`` and ``logits`` free (named ``batch``);
+            height and width stay ``x``'s (see the module's docstring).
 
     Raises:
         OSError: ``path`` cannot be written.
     """
-    _export(model, x, str(path))
+    _export(model, x, str(path), dynamic_batch=dynamic_batch)
 
 
 class OutputMismatch(UserError):

@@ -4,8 +4,10 @@ A trial is chosen by number, as the most accurate within a latency (``max_latenc
 the fastest reaching an mIoU (``min_miou``). Formats:
 
 - ``json``: ``arch.json``, usable as ARCH everywhere (:func:`models.load_arch_json`);
-- ``onnx``: ``model.onnx``, the deploy form (BatchNorm folded) at the run's input size, checked
-  against PyTorch with onnxruntime;
+- ``onnx``: ``model.onnx``, the deploy form (BatchNorm folded) at the run's input size (or
+  ``input_size``), checked against PyTorch with onnxruntime; with ``dynamic_axes="batch"`` its batch
+  dimension is free, and it is checked at a second batch size too. Height and width are fixed
+  (:mod:`scaler.measure.onnx_export` says why): export at the size you deploy at;
 - ``torchscript``: ``model.torchscript.pt``, the traced deploy form, reloaded and checked;
 - ``pt``: ``weights.pt``, the proxy-trained weights (train form), when the run kept them.
 
@@ -49,6 +51,7 @@ from scaler.search.artifacts import attach_to_trial, warn_stderr
 from scaler.search.store import RunStore, open_run
 
 __all__ = [
+    "DYNAMIC_AXES",
     "FORMATS",
     "ONNX_OPSET",
     "ExportError",
@@ -59,6 +62,8 @@ __all__ = [
 ]
 
 FORMATS = ("json", "onnx", "torchscript", "pt")
+# What --dynamic-axes offers: a fixed shape (as timed), or a free batch dimension.
+DYNAMIC_AXES = ("none", "batch")
 FILE_NAMES = {"json": "arch.json", "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt": "weights.pt"}
 MODEL_CARD = "MODEL_CARD.md"
 # fp32 on the CPU: runtimes differ by reassociation only, far below this.
@@ -157,7 +162,11 @@ def select_trial(
 
 @dataclasses.dataclass
 class ExportResult:
-    """What :func:`export_trial` wrote, and how the exported models were checked."""
+    """What :func:`export_trial` wrote, and how the exported models were checked.
+
+    ``input_shape`` is the shape the exported models take (``N`` free in ONNX when ``dynamic_axes``
+    holds ``batch``); ``timed_shape`` the one the run measured the latency at.
+    """
 
     run_dir: Path
     trial: int
@@ -172,6 +181,8 @@ class ExportResult:
     weights: str
     input_shape: tuple[int, ...]
     include_upsample: bool
+    dynamic_axes: tuple[str, ...] = ()
+    timed_shape: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +200,8 @@ class ExportResult:
             "weights": self.weights,
             "input_shape": list(self.input_shape),
             "include_upsample": self.include_upsample,
+            "dynamic_axes": list(self.dynamic_axes),
+            "timed_shape": list(self.timed_shape),
         }
 
 
@@ -246,16 +259,29 @@ def _check(name: str, out: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[
     return {"max_abs_diff": check.max_abs_diff, "tolerance": check.tolerance}
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
+def _export_onnx(
+    model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path, *, dynamic_batch: bool
+) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
 
-    export_onnx(model, x, path)
+    export_onnx(model, x, path, dynamic_batch=dynamic_batch)
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"image": x.numpy()})
     check = _check("onnxruntime", torch.from_numpy(out), ref, path)
-    return {**check, "opset": ONNX_OPSET, "onnxruntime": ort.__version__}
+    result = {**check, "opset": ONNX_OPSET, "onnxruntime": ort.__version__}
+    if dynamic_batch:
+        # A free batch dimension is only kept if it computes what PyTorch does at another batch size.
+        x2 = torch.randn(x.shape[0] + 2, *x.shape[1:], generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            ref2 = model(x2)
+        (out2,) = session.run(None, {"image": x2.numpy()})
+        check2 = _check(f"onnxruntime at batch {x2.shape[0]}", torch.from_numpy(out2), ref2, path)
+        result["max_abs_diff"] = max(check["max_abs_diff"], check2["max_abs_diff"])
+        result["dynamic_axes"] = ["batch"]
+        result["checked_batches"] = [int(x.shape[0]), int(x2.shape[0])]
+    return result
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
@@ -290,6 +316,8 @@ def export_trial(
     max_latency_ms: float | None = None,
     min_miou: float | None = None,
     upsample: bool | None = None,
+    dynamic_axes: str = "none",
+    input_size: tuple[int, int] | None = None,
     store: RunStore | None = None,
     warn: Callable[[str], None] = warn_stderr,
 ) -> ExportResult:
@@ -303,6 +331,13 @@ def export_trial(
             (``min_miou`` is a fraction).
         upsample: Whether the exported models end with the upsample to the input size
             (default: as the run timed them).
+        dynamic_axes: ``"none"`` (every dimension fixed, as the run timed the network) or
+            ``"batch"`` (the ONNX model's batch dimension free; checked at two batch sizes).
+            TorchScript and the ONNX height and width stay fixed.
+        input_size: Export at this ``(height, width)`` instead of the run's (the latency in the
+            card stays the one measured at the run's size). Any size works for which
+            ``arch.check_input_size`` holds (every path's input at least 1x1; an LPS-Net path with
+            resolution ``r`` sees ``int(H*r) x int(W*r)``).
         store: The run's study, if already open.
         warn: Receives one line if the model card cannot be attached to the trial in the study.
 
@@ -310,8 +345,9 @@ def export_trial(
         The files written and the checks they passed.
 
     Raises:
-        ExportError: No qualifying trial, weights asked for but not kept, or an exported model
-            that does not compute what PyTorch computes (that file is removed).
+        ExportError: No qualifying trial, weights asked for but not kept, an input size the network
+            cannot take, an unknown ``dynamic_axes``, or an exported model that does not compute
+            what PyTorch computes (that file is removed).
         UserError: The run cannot be opened or ``out_dir`` cannot be written.
     """
     run_dir = Path(run_dir)
@@ -325,6 +361,15 @@ def export_trial(
     space = store.get("space") or {}
     fingerprint = record.fingerprint
     shape = tuple(int(v) for v in fingerprint.get("input_shape") or (1, 3, *space.get("input_size", (1024, 2048))))
+    timed = shape
+    if dynamic_axes not in DYNAMIC_AXES:
+        raise ExportError(f"dynamic axes {dynamic_axes!r}: choose one of {', '.join(DYNAMIC_AXES)}")
+    if input_size is not None:
+        try:
+            arch.check_input_size(*input_size)
+        except ValueError as e:
+            raise ExportError(f"trial {number} ({arch.inline()}): {e}") from None
+        shape = (*shape[:-2], int(input_size[0]), int(input_size[1]))
     if upsample is None:
         upsample = bool(
             fingerprint.get("include_upsample", (space.get("latency") or {}).get("include_upsample", False))
@@ -364,7 +409,7 @@ def export_trial(
                     continue
                 path = out_dir / FILE_NAMES[fmt]
                 if fmt == "onnx":
-                    checks[fmt] = _export_onnx(deploy, x, ref, path)
+                    checks[fmt] = _export_onnx(deploy, x, ref, path, dynamic_batch=dynamic_axes == "batch")
                 elif fmt == "torchscript":
                     checks[fmt] = _export_torchscript(deploy, x, ref, path)
                 else:
@@ -406,6 +451,8 @@ def export_trial(
         else "random initialisation, seed 0 (the run kept no trained weights)",
         input_shape=shape,
         include_upsample=upsample,
+        dynamic_axes=tuple(checks.get("onnx", {}).get("dynamic_axes", ())),
+        timed_shape=timed,
     )
 
 

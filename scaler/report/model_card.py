@@ -175,9 +175,14 @@ def model_card(
         else "a seeded random initialisation (the run did not keep trained weights): for deployment and latency "
         "tests, not for predictions"
     )
+    onnx_check = checks.get("onnx", {})
+    onnx_shape = shape_text
+    if onnx_check.get("dynamic_axes"):
+        batches = " and ".join(map(str, onnx_check.get("checked_batches", [])))
+        onnx_shape = "x".join(["N", *map(str, shape[1:])]) + f" (batch N free; checked at batches {batches})"
     descriptions = {
         "json": "the architecture; use it as ARCH anywhere (`scaler info arch.json`, `models.load_arch_json`)",
-        "onnx": f"deploy form (BatchNorm folded), opset {ONNX_OPSET}, input `image` float32 {shape_text}, "
+        "onnx": f"deploy form (BatchNorm folded), opset {ONNX_OPSET}, input `image` float32 {onnx_shape}, "
         f"output `logits` {upsample_text}",
         "torchscript": f"traced deploy form, input float32 {shape_text}, {upsample_text}",
         "pt": "train-form state dict: `build_model(load_arch_json('arch.json')).load_state_dict("

@@ -179,7 +179,8 @@ def frontier_plot_data(
     """
     search = df[df["reference"].isna()]
     done = search[search["state"] == "COMPLETE"]
-    failed = search[search["state"] == "FAIL"]
+    # A stopped trial, or one a dead worker cut short, is no failure of its candidate (queued again).
+    failed = search[(search["state"] == "FAIL") & search["interrupted"].isna()]
     return FrontierPlot(
         info=run_info(store, name),
         candidates=_points(done),
@@ -187,7 +188,7 @@ def frontier_plot_data(
         over_budget=_points(failed[failed["over_budget"].astype(bool)]),
         frontier=_points(pareto_front(df)),
         path=_path_points(greedy_path(store, df)),
-        named=_named_points(df[df["state"].isin(["COMPLETE", "FAIL"])]),
+        named=_named_points(df[df["state"].isin(["COMPLETE", "FAIL"]) & df["interrupted"].isna()]),
         compare=[FrontierSeries(label, _points(pareto_front(other))) for label, other in compare],
     )
 
@@ -203,7 +204,7 @@ def steps_plot_data(store: RunStore, df: pd.DataFrame, *, name: str | None = Non
     search = df[df["reference"].isna() & df["step"].notna()]
     candidates = [(int(s), p) for s, p in zip(search["step"], _points_or_none(search), strict=True) if p is not None]
     done = [(s, p) for s, p in candidates if p.miou_pct is not None]
-    failed_numbers = set(search.loc[search["state"] == "FAIL", "number"])
+    failed_numbers = set(search.loc[(search["state"] == "FAIL") & search["interrupted"].isna(), "number"])
     failed = [(s, p) for s, p in candidates if p.number in failed_numbers]
     path = greedy_path(store, df)
     stopped = [(int(r.step), str(r.reason)) for r in path.itertuples(index=False) if r.trial is pd.NA]

@@ -48,6 +48,9 @@ def format_frontier(report: FrontierReport) -> str:
         "RUNNING": "running",
         "WAITING": "queued",
         "PRUNED": "pruned",
+        "STOPPED": "stopped (queued again)",
+        "DIED": "cut short by a dead worker (queued again)",
+        "INTERRUPTED": "interrupted (worker gone)",
     }
     counts = ", ".join(f"{n} {words[s]}" for s, n in report.counts.items() if s != "total" and n)
     lines = [
@@ -179,13 +182,23 @@ def format_search(summary: SearchSummary, files: Sequence[str]) -> str:
         elsewhere = f" (waiting included); workers trained {summary.worker_train_seconds:.0f} s in parallel"
     return (
         f"{summary.strategy} search in {summary.run_dir}: {summary.stop_reason}\n"
-        f"  trials       {summary.trials} ({summary.complete} complete, {summary.failed} failed)\n"
+        f"  trials       {summary.trials} ({_trial_counts(summary)})\n"
         f"  time         {summary.seconds:.0f} s: latency {summary.latency_seconds:.0f} s, training "
         f"{summary.train_seconds:.0f} s, other {overhead:.0f} s{elsewhere}\n"
         f"  study        {summary.study_name}\n"
         f"  files        {', '.join(files)}\n"
         f"  next         scaler export {shlex.quote(str(summary.run_dir))} --max-latency MS --format onnx -o DIR\n"
     )
+
+
+def _trial_counts(summary: SearchSummary) -> str:
+    """``18 complete, 0 failed, 1 stopped (queued again)``: stops and dead workers only when there were any."""
+    parts = [f"{summary.complete} complete", f"{summary.failed} failed"]
+    if summary.stopped:
+        parts.append(f"{summary.stopped} stopped (queued again)")
+    if summary.died:
+        parts.append(f"{summary.died} cut short by a dead worker (queued again)")
+    return ", ".join(parts)
 
 
 def format_latency(label: str, r: LatencyResult, *, cache_entry: Path, refreshed: bool) -> str:
@@ -231,13 +244,17 @@ def format_export(result: ExportResult, run_dir: str | Path) -> str:
     latency = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms"
     lines = [
         f"trial {r.trial} of {run_dir} ({r.selected_by}): {r.arch.inline()}",
-        f"  latency      {latency} (input {'x'.join(map(str, r.input_shape))}, "
+        f"  latency      {latency} (input {'x'.join(map(str, r.timed_shape or r.input_shape))}, "
         f"{'with' if r.include_upsample else 'no'} final upsample)",
         f"  mIoU         {miou}",
     ]
+    if r.timed_shape and r.timed_shape != r.input_shape:
+        lines.append(f"  exported at  input {'x'.join(map(str, r.input_shape))} (the latency above is the run's)")
     for fmt, path in r.files.items():
         check = r.checks.get(fmt, {})
         note = f"  (max abs diff vs PyTorch {check['max_abs_diff']:.1e})" if "max_abs_diff" in check else ""
+        if check.get("dynamic_axes"):
+            note += f"  batch free (checked at {' and '.join(map(str, check['checked_batches']))})"
         lines.append(f"  {fmt:<12} {path}{note}")
     lines.append(f"  {'model card':<12} {r.model_card}")
     if any(f in r.files for f in ("onnx", "torchscript")):

@@ -19,7 +19,8 @@ from scaler.files import atomic_path
 from scaler.report.frontier import Hypervolume, pareto_front, run_hypervolume
 from scaler.report.path import greedy_path
 from scaler.report.table import finite, trials_frame
-from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV
+from scaler.search.record import DIED, OWNER_GONE, STOPPED
+from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV, search_is_running
 from scaler.search.store import RunStore, open_run
 
 __all__ = ["FrontierReport", "RunInfo", "run_info", "summarize_run", "write_tables"]
@@ -155,6 +156,9 @@ def write_tables(run_dir: str | Path, store: RunStore) -> dict[str, Path]:
 
 
 _STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED")
+# Evaluations cut short, counted apart from the state Optuna records for them (FAIL, or RUNNING).
+_INTERRUPTIONS = {"STOPPED": STOPPED, "DIED": DIED, "INTERRUPTED": OWNER_GONE}
+_GONE = "its search process is gone (killed, or its machine went down); run the same scaler search command to resume"
 _REPORT_COLUMNS = ["number", "latency_ms", "latency_p10_ms", "latency_p90_ms", "miou", "step", "dimension", "arch"]
 
 
@@ -167,7 +171,13 @@ def _records(df: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
 
 @dataclasses.dataclass
 class FrontierReport:
-    """What ``scaler frontier`` prints: the frontier, its hypervolume, the named models, the tables."""
+    """What ``scaler frontier`` prints: the frontier, its hypervolume, the named models, the tables.
+
+    ``counts``: trials by Optuna state, ``total``, and the evaluations cut short apart from their
+    state: ``STOPPED`` (by SIGINT/SIGTERM), ``DIED`` (a dead worker), ``INTERRUPTED`` (RUNNING, its
+    worker gone); ``FAIL`` counts only real failures. ``status``: ``running``, ``finished``,
+    ``stopped``, with the reason.
+    """
 
     run_dir: Path
     info: RunInfo
@@ -212,10 +222,15 @@ def summarize_run(
     run_dir = Path(run_dir)
     store = store or open_run(run_dir)
     df = trials_frame(store)
-    counts = {"total": len(df), **{s: int((df["state"] == s).sum()) for s in _STATES}}
+    plain = df["interrupted"].isna()
+    counts = {"total": len(df), **{s: int(((df["state"] == s) & plain).sum()) for s in _STATES}}
+    counts.update({key: int((df["interrupted"] == word).sum()) for key, word in _INTERRUPTIONS.items()})
     refs = df[df["reference"].notna() & df["latency_ms"].map(finite)].sort_values("latency_ms")
     status = store.get("status")
     reason = store.get("stop_reason")
+    if status == "running" and search_is_running(run_dir) is False:
+        # Killed outright: it never wrote "stopped", but its lock went with it (run_folder).
+        status, reason = "stopped", _GONE
     return FrontierReport(
         run_dir=run_dir,
         info=run_info(store, run_dir.name),

@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from scaler.search.store import RunStore
+from scaler.search.record import OWNER_GONE
+from scaler.search.store import STALE_AFTER_S, RunStore
 
 __all__ = ["TRIAL_COLUMNS", "finite", "operator_dimension", "trials_frame"]
 
@@ -38,6 +39,7 @@ TRIAL_COLUMNS = [
     "pixel_accuracy",
     "train_seconds",
     "fail_reason",
+    "interrupted",
     "over_budget",
     "retry_of",
     "seed_of",
@@ -101,6 +103,9 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
     Returns:
         Columns :data:`TRIAL_COLUMNS` (plus the per-class ones). ``latency_ms`` is the trial's
         value when complete, else the measured median when there is one; ``miou`` is a fraction.
+        ``interrupted``: ``stopped`` or ``worker died`` for a FAIL trial that a stop or a dead worker
+        cut short (queued again, not a failure of the candidate), ``owner gone`` for a RUNNING one
+        whose worker is gone; else empty.
     """
     kinds = _operator_kinds(store)
     rows = []
@@ -133,6 +138,7 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
             "pixel_accuracy": train.get("pixel_accuracy"),
             "train_seconds": train.get("train_seconds"),
             "fail_reason": t.fail_reason,
+            "interrupted": t.interrupted or (OWNER_GONE if t.owner_gone(STALE_AFTER_S) else None),
             "over_budget": t.over_budget,
             "retry_of": t.retry_of,
             "seed_of": t.seed_of,

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from models import LPSNetArch, SegArch, arch_from_dict
+from scaler.search.run_folder import pid_alive
 
-__all__ = ["Attr", "TrialKind", "TrialRecord", "int_or_none"]
+__all__ = ["DIED", "OWNER_GONE", "STOPPED", "Attr", "TrialKind", "TrialRecord", "int_or_none"]
+
+# How an evaluation that did not end on its own ended (:attr:`TrialRecord.interrupted`), or stands
+# (:data:`OWNER_GONE`: still RUNNING, but its worker is gone; the next search queues it again).
+STOPPED = "stopped"
+DIED = "worker died"
+OWNER_GONE = "owner gone"
 
 
 class Attr:
@@ -54,11 +63,12 @@ class Attr:
     SAMPLER_SYSTEM_ATTRS = "sampler_system_attrs"
     OWNER = "owner"
     HEARTBEAT = "heartbeat"
+    STOPPED = "stopped"
 
     # Written for every proposal, ``None`` included (readers of old runs may expect the key).
     CORE = (STEP, PARENT, OPERATORS, STEPLEN, STRATEGY)
     # What a worker's claim adds and a re-queued copy leaves out.
-    WORKER = (OWNER, HEARTBEAT, FAIL_REASON)
+    WORKER = (OWNER, HEARTBEAT, FAIL_REASON, STOPPED)
 
 
 class TrialKind(str, enum.Enum):
@@ -66,12 +76,13 @@ class TrialKind(str, enum.Enum):
 
     ``candidate``: proposed by the strategy and trained; ``over_budget``: proposed, measured over
     the latency budget and recorded untrained; ``retry``: a candidate queued again after its worker
-    died; ``seed``: a candidate (or a step's parent) trained again with another training seed, to tell
-    two close candidates apart (greedy ``tie_seed``); ``control``: with inherited weights, a step's
-    parent trained the step's iterations further, the mIoU its candidates are compared with;
-    ``retrain``: a trial's architecture trained again from scratch with one recipe (``scaler retrain``),
-    so that frontiers can be compared; ``reference``: a named model measured and trained
-    for comparison, not part of the search.
+    died or was stopped; ``seed``: a candidate (or a step's parent) trained again with another
+    training seed, to tell two close candidates apart (greedy ``tie_seed``); ``control``: with
+    inherited weights, a step's parent trained the step's iterations further, the mIoU its candidates
+    are compared with; ``retrain``: a trial's architecture trained again from scratch with one recipe
+    (``scaler retrain``), so that frontiers can be compared; ``reference``: a named model measured and
+    trained for comparison, not part of the search. How a trial ended is apart from why it is in the
+    run: see :attr:`TrialRecord.interrupted`.
     """
 
     CANDIDATE = "candidate"
@@ -124,7 +135,7 @@ class TrialRecord:
         train: The training result, without its loss curve.
         fail_reason: Why the trial failed, when it did.
         over_budget: Measured over the latency budget and not trained.
-        retry_of: The trial this one re-queues after its worker died.
+        retry_of: The trial this one re-queues after its worker died or was stopped.
         seed_of: The trial whose architecture this one trains again with another seed (``train_seed``).
         train_seed: The training seed, when not the space's.
         inherit_from: The trained trial whose weights, grown to ``arch``, this one starts from.
@@ -138,6 +149,8 @@ class TrialRecord:
         sampler_system_attrs: A baseline's shadow-trial system attributes (NSGA-II's generation, say).
         owner: The worker that claimed it (``host``, ``pid``).
         heartbeat: The worker's last sign of life (seconds since the epoch).
+        stopped: The signal (``SIGINT``, ``SIGTERM``) that stopped its worker mid-evaluation; the
+            trial then ended FAIL and a copy was queued again (:mod:`scaler.search.stops`).
         extra: Stored keys this record does not know, kept as they are.
         arch_hash: Stored hash of ``arch`` (computed when not given).
         number: Trial number in the study.
@@ -170,6 +183,7 @@ class TrialRecord:
     sampler_system_attrs: Mapping[str, Any] | None = None
     owner: Mapping[str, Any] | None = None
     heartbeat: float | None = None
+    stopped: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     arch_hash: str = ""
     number: int | None = None
@@ -231,6 +245,41 @@ class TrialRecord:
     def complete(self) -> bool:
         return self.state == TrialState.COMPLETE
 
+    @property
+    def interrupted(self) -> str | None:
+        """How an evaluation that did not end on its own ended: :data:`STOPPED` or :data:`DIED`; else ``None``.
+
+        ``stopped``: its worker was stopped by SIGINT or SIGTERM and queued the candidate again;
+        ``worker died``: its worker was gone (killed, crashed) and the search queued the candidate
+        again. Both are FAIL in Optuna's terms; neither is a failure of the candidate, and reports
+        count them apart. A dead worker is recognised by the reason
+        :meth:`~scaler.search.store.RunStore.reap_stale` has always written (``worker H:P died ...``),
+        so runs made before this property read the same.
+        """
+        if self.state != TrialState.FAIL:
+            return None
+        if self.stopped is not None:
+            return STOPPED
+        reason = self.fail_reason or ""
+        if reason.startswith("worker ") and " died" in reason:
+            return DIED
+        return None
+
+    def owner_gone(self, stale_after_s: float, now: float | None = None) -> bool:
+        """Whether this RUNNING trial's worker is gone: the rule the search reaps dead workers by.
+
+        A worker on this host is gone when its process no longer exists; one on another host when
+        its heartbeat is older than ``stale_after_s``. A trial not RUNNING, or claimed a moment ago
+        and not yet named, is not.
+        """
+        if self.state != TrialState.RUNNING or not self.owner:
+            return False
+        if self.owner.get("host") == socket.gethostname():
+            pid = int_or_none(self.owner.get("pid"))
+            return pid is None or not pid_alive(pid)
+        now = time.time() if now is None else now
+        return now - (self.heartbeat or 0.0) > stale_after_s
+
     # -- what was measured ---------------------------------------------------------------------
 
     @property
@@ -289,6 +338,7 @@ class TrialRecord:
             Attr.SAMPLER_SYSTEM_ATTRS: None if self.sampler_system_attrs is None else dict(self.sampler_system_attrs),
             Attr.OWNER: None if self.owner is None else dict(self.owner),
             Attr.HEARTBEAT: self.heartbeat,
+            Attr.STOPPED: self.stopped,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         out.update({k: v for k, v in self.extra.items() if k not in out})
@@ -335,6 +385,7 @@ class TrialRecord:
             sampler_system_attrs=a.get(Attr.SAMPLER_SYSTEM_ATTRS),
             owner=a.get(Attr.OWNER),
             heartbeat=_float(a.get(Attr.HEARTBEAT)),
+            stopped=a.get(Attr.STOPPED) if isinstance(a.get(Attr.STOPPED), str) else None,
             extra={k: v for k, v in a.items() if k not in _KNOWN},
             arch_hash=str(a.get(Attr.ARCH_HASH) or ""),
             number=number,
@@ -365,13 +416,14 @@ class TrialRecord:
             train_seed=seed,
             weights_artifact=None,
             inherited=None,
+            stopped=None,
             number=None,
             state=None,
             values=None,
         )
 
     def requeued(self, number: int) -> TrialRecord:
-        """A fresh copy of this record to queue again after trial ``number``'s worker died."""
+        """A fresh copy of this record to queue again after trial ``number``'s worker died or was stopped."""
         return dataclasses.replace(
             self,
             owner=None,
@@ -379,6 +431,7 @@ class TrialRecord:
             fail_reason=None,
             weights_artifact=None,
             inherited=None,
+            stopped=None,
             retry_of=number,
             number=None,
             state=None,

@@ -6,17 +6,21 @@ Optuna study → workers (:mod:`scaler.search.worker`: this process with ``worke
 ``scaler worker`` processes on any host) train each briefly and report mIoU → the strategy picks
 what comes next. The space's named ``references`` are queued once, trained like any candidate and
 never part of a decision. Running the same command again resumes: nothing finished is redone, and
-a candidate whose worker died is evaluated again.
+a candidate whose worker died or was stopped is evaluated again.
+
+SIGINT and SIGTERM stop a search cleanly (:mod:`scaler.search.stops`): the trial in training is
+marked stopped and queued again, the run's status says ``stopped``, and :func:`run_search` raises
+:class:`~scaler.search.stops.Stopped`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -32,9 +36,10 @@ from scaler.measure import LatencyCache, PairedResult, measure_latency, measure_
 from scaler.measure.load import busy_share
 from scaler.proxy.data import open_dataset
 from scaler.search.progress import SearchBars
-from scaler.search.record import TrialRecord
+from scaler.search.record import DIED, STOPPED, Attr, TrialRecord
 from scaler.search.run_folder import WEIGHTS_DIR, check_run_dir, exclusive, write_record
 from scaler.search.space import SearchSpace
+from scaler.search.stops import Stopped, mark_stopped, stop_on_signals
 from scaler.search.store import RunStore, distributions, open_storage
 from scaler.search.strategies import Decision, SearchContext, Strategy, make_strategy, strategy_class
 from scaler.search.worker import POLL_S, evaluate_claim, start_local_workers
@@ -54,7 +59,9 @@ class SearchSummary:
 
     ``train_seconds`` is training in this process; ``worker_train_seconds`` the training (and
     evaluation) that other processes (``--workers``, ``scaler worker``) did for trials finished
-    during the session, which ran in parallel and so is not a share of ``seconds``.
+    during the session, which ran in parallel and so is not a share of ``seconds``. ``failed``
+    counts candidates that failed (training, or over the latency budget); ``stopped`` and ``died``
+    count evaluations that a stop (SIGINT, SIGTERM) or a dead worker cut short, each queued again.
     """
 
     run_dir: Path
@@ -68,12 +75,15 @@ class SearchSummary:
     latency_seconds: float
     train_seconds: float
     worker_train_seconds: float = 0.0
+    stopped: int = 0
+    died: int = 0
 
 
 def _space_record(space: SearchSpace, class_names: list[str]) -> dict[str, Any]:
     return {**space.to_dict(), "num_classes": len(class_names)}
 
 
+@stop_on_signals()
 def run_search(
     space: SearchSpace,
     run_dir: str | Path,
@@ -103,6 +113,8 @@ def run_search(
 
     Raises:
         UserError: Bad options, a run folder of another search, unreachable storage, missing data.
+        Stopped: SIGINT or SIGTERM stopped the search; the interrupted trials are queued again
+            (their copies' numbers in ``requeued``) and the run's status is ``stopped``.
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -143,86 +155,160 @@ def run_search(
             store.put("class_names", list(info.class_names))
             store.put("strategy", strategy)
         store.put("status", "running")
-        space = dataclasses.replace(space, start=dataclasses.replace(space.start, num_classes=info.num_classes))
-        cache = latency_cache if latency_cache is not None else LatencyCache()
-        timings = {"latency": 0.0, "train": 0.0}
-
-        def latency(arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
-            t = time.perf_counter()
-            try:
-                result = measure_latency(arch, space.latency, cache=cache, refresh=refresh)
-            except RuntimeError as e:  # a device gone, a driver error: nothing a candidate did
-                raise _measurement_failed(e, space, run_dir, arch.inline()) from e
-            finally:
-                timings["latency"] += time.perf_counter() - t
-            d = result.to_dict()
-            d.pop("samples_ms", None)
-            if d.get("under_load"):
-                log(
-                    f"warning: the latency of {arch.inline()} ({d['median_ms']:.2f} ms) was measured while other "
-                    f"processes used {d['others_cpu_share']:.0%} of the CPUs, even after waiting for them; it is "
-                    "likely inflated and is not cached"
-                )
-            return d
-
-        def paired(archs: Sequence[LPSNetArch], rounds: int) -> PairedResult:
-            t = time.perf_counter()
-            try:
-                result = measure_paired(
-                    list(archs), space.latency, rounds=rounds, seed=_group_seed(archs, rounds), cache=cache
-                )
-            except RuntimeError as e:
-                raise _measurement_failed(e, space, run_dir, f"{len(archs)} networks together") from e
-            finally:
-                timings["latency"] += time.perf_counter() - t
-            if result.under_load and not warned_load:
-                warned_load.append(True)
-                share = "" if result.others_cpu_share is None else f" ({result.others_cpu_share:.0%} of the CPUs)"
-                log(
-                    f"warning: {len(archs)} networks were timed together while other processes used the machine"
-                    f"{share}, even after waiting for them; their latencies are likely inflated (their differences "
-                    "less so: every network shared the window; said once, each step's record keeps its share)"
-                )
-            return result
-
-        warned_load: list[bool] = []
-
-        _warn_if_busy(space, log)
-        bars = SearchBars(space, strategy_cls, progress)
-        log = functools.partial(bars.write, log)
-        ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log, paired=paired)
-        strat = make_strategy(strategy, space, seed=seed, batch=max(1, workers))
-        dists = distributions(space.constraints)
-        weights_dir = run_dir / WEIGHTS_DIR if keep_weights else None
-        procs = start_local_workers(workers, run_dir, storage_url, study_name, weights_dir)
+        store.put("stop_reason", None)  # the last session's, if any: not why this one will stop
         try:
-            _queue_references(store, space, ctx, dists, log)
-            reason = _loop(
-                store, strat, ctx, dists, space, workers, procs, run_dir, weights_dir, timings, log, progress, bars
+            reason, timings = _session(
+                store,
+                space,
+                run_dir,
+                storage_url,
+                strategy_cls,
+                strategy,
+                workers,
+                seed,
+                keep_weights,
+                latency_cache,
+                log,
+                progress,
             )
-        finally:
-            bars.close()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=30)
+        except Stopped as stop:
+            mark_stopped(store, stop, [os.getpid()])
+            # The local workers, stopped with the search, queued their trials again themselves.
+            stop.requeued[:] = _requeued_since(store, session_start)
+            store.put("status", "stopped")
+            store.put("stop_reason", stop.reason)
+            raise
         store.put("status", "finished")
         store.put("stop_reason", reason)
-    trials = store.trials()
+    trials = store.records()
     return SearchSummary(
         run_dir=run_dir,
         study_name=study_name,
         strategy=strategy,
         stop_reason=reason,
         trials=len(trials),
-        complete=sum(t.state == TrialState.COMPLETE for t in trials),
-        failed=sum(t.state == TrialState.FAIL for t in trials),
+        complete=sum(t.complete for t in trials),
+        failed=sum(t.state == TrialState.FAIL and t.interrupted is None for t in trials),
+        stopped=sum(t.interrupted == STOPPED for t in trials),
+        died=sum(t.interrupted == DIED for t in trials),
         seconds=time.perf_counter() - t0,
         latency_seconds=timings["latency"],
         train_seconds=timings["train"],
-        worker_train_seconds=_trained_elsewhere(trials, session_start),
+        worker_train_seconds=_trained_elsewhere(store.trials(), session_start),
     )
+
+
+def _session(
+    store: RunStore,
+    space: SearchSpace,
+    run_dir: Path,
+    storage_url: str | None,
+    strategy_cls: type[Strategy],
+    strategy: str,
+    workers: int,
+    seed: int,
+    keep_weights: bool,
+    latency_cache: LatencyCache | None,
+    log: Callable[[str], None],
+    progress: bool | None,
+) -> tuple[str, dict[str, float]]:
+    """One session of a search whose run folder is held: measure, queue, train until the strategy stops.
+
+    Returns:
+        Why the strategy stopped, and the seconds spent on ``latency`` and ``train`` here.
+    """
+    space = dataclasses.replace(space, start=dataclasses.replace(space.start, num_classes=store.num_classes))
+    cache = latency_cache if latency_cache is not None else LatencyCache()
+    timings = {"latency": 0.0, "train": 0.0}
+
+    def latency(arch: LPSNetArch, *, refresh: bool = False) -> dict[str, Any]:
+        t = time.perf_counter()
+        try:
+            result = measure_latency(arch, space.latency, cache=cache, refresh=refresh)
+        except RuntimeError as e:  # a device gone, a driver error: nothing a candidate did
+            raise _measurement_failed(e, space, run_dir, arch.inline()) from e
+        finally:
+            timings["latency"] += time.perf_counter() - t
+        d = result.to_dict()
+        d.pop("samples_ms", None)
+        if d.get("under_load"):
+            log(
+                f"warning: the latency of {arch.inline()} ({d['median_ms']:.2f} ms) was measured while other "
+                f"processes used {d['others_cpu_share']:.0%} of the CPUs, even after waiting for them; it is "
+                "likely inflated and is not cached"
+            )
+        return d
+
+    def paired(archs: Sequence[LPSNetArch], rounds: int) -> PairedResult:
+        t = time.perf_counter()
+        try:
+            result = measure_paired(
+                list(archs), space.latency, rounds=rounds, seed=_group_seed(archs, rounds), cache=cache
+            )
+        except RuntimeError as e:
+            raise _measurement_failed(e, space, run_dir, f"{len(archs)} networks together") from e
+        finally:
+            timings["latency"] += time.perf_counter() - t
+        if result.under_load and not warned_load:
+            warned_load.append(True)
+            share = "" if result.others_cpu_share is None else f" ({result.others_cpu_share:.0%} of the CPUs)"
+            log(
+                f"warning: {len(archs)} networks were timed together while other processes used the machine"
+                f"{share}, even after waiting for them; their latencies are likely inflated (their differences "
+                "less so: every network shared the window; said once, each step's record keeps its share)"
+            )
+        return result
+
+    warned_load: list[bool] = []
+
+    _warn_if_busy(space, log)
+    bars = SearchBars(space, strategy_cls, progress)
+    log = functools.partial(bars.write, log)
+    ctx = SearchContext(space=space, latency=latency, get=store.get, put=store.put, log=log, paired=paired)
+    strat = make_strategy(strategy, space, seed=seed, batch=max(1, workers))
+    dists = distributions(space.constraints)
+    weights_dir = run_dir / WEIGHTS_DIR if keep_weights else None
+    procs = start_local_workers(workers, run_dir, storage_url, store.study_name, weights_dir)
+    try:
+        _queue_references(store, space, ctx, dists, log)
+        reason = _loop(
+            store, strat, ctx, dists, space, workers, procs, run_dir, weights_dir, timings, log, progress, bars
+        )
+    except Stopped as stop:
+        # The workers (in sessions of their own: a terminal's Ctrl-C reached the search alone) stop
+        # with it and queue their trials again; what one could not mark before it ended is marked here.
+        _end_workers(procs, signal.SIGTERM)
+        mark_stopped(store, stop, [p.pid for p in procs])
+        raise
+    finally:
+        bars.close()
+        _end_workers(procs, signal.SIGTERM)
+    return reason, timings
+
+
+def _end_workers(procs: Sequence[subprocess.Popen], signum: int, wait_s: float = 30.0) -> None:
+    """Send ``signum`` to the local workers still running, wait up to ``wait_s`` for them, then kill the rest."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)
+    deadline = time.monotonic() + wait_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _requeued_since(store: RunStore, since: datetime.datetime) -> list[int]:
+    """The numbers of the copies queued again for trials stopped since ``since`` (by this process or its workers)."""
+    trials = store.trials()
+    stopped = {
+        t.number
+        for t in trials
+        if t.user_attrs.get(Attr.STOPPED) and t.datetime_complete is not None and t.datetime_complete >= since
+    }
+    return [t.number for t in trials if t.user_attrs.get(Attr.RETRY_OF) in stopped]
 
 
 def _trained_elsewhere(trials: Sequence[Any], since: datetime.datetime) -> float:

@@ -9,6 +9,10 @@ RUN/weights/          proxy-trained weights, with --keep-weights
 RUN/trials.csv, frontier.csv, path.csv, plots/   written by the report at the end of a session
 RUN/.search.lock      held by the search process while it runs
 ```
+
+Whether a run's search is still running is read from its lock (:func:`search_is_running`), not
+from the status the study records: a search killed outright (SIGKILL, a crash, a lost machine)
+never gets to write "stopped", but the kernel releases its lock the moment the process is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,9 @@ __all__ = [
     "WEIGHTS_DIR",
     "check_run_dir",
     "exclusive",
+    "pid_alive",
     "read_record",
+    "search_is_running",
     "write_record",
 ]
 
@@ -51,6 +59,7 @@ PLOTS_DIR = "plots"
 TRIALS_CSV = "trials.csv"
 FRONTIER_CSV = "frontier.csv"
 PATH_CSV = "path.csv"
+_LOCK_WAIT_S = 1.0
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
@@ -138,11 +147,62 @@ def exclusive(run_dir: Path) -> Iterator[None]:
             "folder, so resume it where the folder is writable (reading it needs none: scaler frontier, plot, explain)"
         ) from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{run_dir}: another search is running on this run folder") from None
+        # A reader testing the lock (search_is_running) holds it for a moment: wait that out.
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{run_dir}: another search is running on this run folder") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def search_is_running(run_dir: Path) -> bool | None:
+    """Whether a search process holds the run folder's lock now.
+
+    The lock is the simplest reliable sign of an owner: the kernel drops it when the process ends,
+    however it ends, and it needs no clock or heartbeat. (Optuna's own heartbeat,
+    ``fail_stale_trials``, covers trials, and only in a database.) The test takes a shared lock for
+    an instant; :func:`exclusive` waits that out.
+
+    Returns:
+        ``True`` while a search holds it, ``False`` when none does (never started here, finished,
+        stopped or killed), ``None`` when the lock cannot be read (no access).
+    """
+    path = run_dir / LOCK_NAME
+    try:
+        f = open(path)  # noqa: SIM115  (closed by the with below)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host exists (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -49,6 +49,7 @@ from scaler.search.expand import Constraints
 from scaler.search.journal import open_journal
 from scaler.search.record import Attr, TrialRecord
 from scaler.search.run_folder import JOURNAL_NAME, RUN_FILE, read_record
+from scaler.search.run_folder import pid_alive as _pid_alive
 
 __all__ = [
     "CONSTRAINTS_KEY",
@@ -212,21 +213,6 @@ class Claim:
 
 def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped by its parent) is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class RunStore:

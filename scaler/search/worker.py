@@ -3,7 +3,9 @@
 Any process may be one: the search itself (``workers=0``), local worker processes it starts
 (``python -m scaler.cli worker``, see :func:`start_local_workers`), or ``scaler worker`` on any host
 that reaches the study's storage. Each claims a WAITING trial atomically, trains it with the
-space's recipe while recording a heartbeat, and finishes it as COMPLETE or FAIL.
+space's recipe while recording a heartbeat, and finishes it as COMPLETE or FAIL. A worker stopped
+by SIGINT or SIGTERM marks its trial stopped and queues it again (:mod:`scaler.search.stops`), so
+another worker, or the next one started, trains it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scaler.search.inherit import InheritError, artifact_store, inherited_state,
 from scaler.search.record import Attr
 from scaler.search.run_folder import JOURNAL_NAME
 from scaler.search.space import space_from_dict
+from scaler.search.stops import Stopped, mark_stopped, stop_on_signals
 from scaler.search.store import Claim, RunStore, StorageError, open_storage
 
 __all__ = ["POLL_S", "evaluate_claim", "run_worker", "start_local_workers"]
@@ -115,7 +118,9 @@ def start_local_workers(
 ) -> list[subprocess.Popen]:
     """Start ``n`` worker processes (``python -m scaler.cli worker``) on this host for the run.
 
-    They exit when the search finishes, or when this process (their parent) is gone.
+    They exit when the search finishes, or when this process (their parent) is gone. Each runs in
+    a session of its own, so a terminal's Ctrl-C reaches the search alone: the search stops them
+    (SIGTERM) when it stops, after a worker still starting up would otherwise print a traceback.
     """
     url = storage_url or f"journal:{(run_dir / JOURNAL_NAME).resolve()}"
     cmd = [
@@ -134,9 +139,10 @@ def start_local_workers(
     cmd += ["--run-dir", str(run_dir)]  # kept weights are recorded relative to it; inherited ones live in it
     if weights_dir is not None:
         cmd += ["--weights-dir", str(weights_dir)]
-    return [subprocess.Popen(cmd) for _ in range(n)]
+    return [subprocess.Popen(cmd, start_new_session=True) for _ in range(n)]
 
 
+@stop_on_signals()
 def run_worker(
     storage_url: str,
     study_name: str,
@@ -154,6 +160,8 @@ def run_worker(
 
     Raises:
         UserError: Unreachable storage, or no such study.
+        Stopped: SIGINT or SIGTERM stopped the worker; the trial it was training is queued again
+            (the copy's number in ``requeued``).
     """
     storage = open_storage(storage_url, None, create=False)
     started = time.monotonic()
@@ -177,6 +185,26 @@ def run_worker(
     stored.pop("num_classes", None)
     space = space_from_dict(stored, source=f"study {study_name}")
     training = space.training if device is None else dataclasses.replace(space.training, device=device)
+    try:
+        return _evaluate_queued(store, training, poll_s, max_idle_s, parent_pid, weights_dir, run_dir, log, progress)
+    except Stopped as stop:
+        # From the claim on, wherever the signal came: the trial this process holds is queued again.
+        mark_stopped(store, stop, [os.getpid()])
+        raise
+
+
+def _evaluate_queued(
+    store: RunStore,
+    training: TrainConfig,
+    poll_s: float,
+    max_idle_s: float | None,
+    parent_pid: int | None,
+    weights_dir: Path | None,
+    run_dir: Path | None,
+    log: Callable[[str], None],
+    progress: bool | None,
+) -> int:
+    """Claim and evaluate queued trials until the search finishes, the worker idles out or its parent is gone."""
     done = 0
     idle_since = time.monotonic()
     while True:

@@ -133,7 +133,7 @@ class GreedyStrategy(Strategy):
         step = 1
         while True:
             if step > sp.stopping.max_steps:
-                return Decision.done(f"step limit reached ({sp.stopping.max_steps} steps)")
+                return Decision.done(_step_limit(sp.stopping.max_steps, ctx))
             if sp.stopping.max_trials is not None and sum(t.step is not None for t in latest.values()) >= (
                 sp.stopping.max_trials
             ):
@@ -596,3 +596,18 @@ def _signed_interval(p: PairedLatency | SlopeEstimate) -> str:
 def _points(low: float, high: float) -> str:
     """A slope interval in mIoU points per ms."""
     return f"{100 * low:.4g} to {100 * high:.4g} points/ms"
+
+
+def _step_limit(max_steps: int, ctx: SearchContext) -> str:
+    """Why a search stops at its step limit, saying so when an earlier session went further.
+
+    A finished run resumed with a lower ``max_steps`` keeps every step it decided (the trials,
+    ``path.csv`` and the frontier show them); the reason says the run holds more than the limit.
+    """
+    held = max_steps
+    while isinstance(ctx.get(_STEP_KEY.format(held + 1)), Mapping):
+        held += 1
+    reason = f"step limit reached ({max_steps} step{'' if max_steps == 1 else 's'})"
+    if held > max_steps:
+        reason += f"; the run already holds {held} steps, decided by an earlier session with a higher limit, all kept"
+    return reason

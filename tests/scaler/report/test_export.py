@@ -139,6 +139,49 @@ def test_export_onnx_with_upsample(run, tmp_path):
     assert "with the final upsample" in result.model_card.read_text()
 
 
+def test_export_onnx_with_a_free_batch_runs_at_any_batch(run, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    run_dir, store = run
+    result = export_trial(run_dir, tmp_path / "out", formats="onnx", trial=4, dynamic_axes="batch", store=store)
+    assert result.dynamic_axes == ("batch",) and result.checks["onnx"]["checked_batches"] == [1, 3]
+    model = onnx.load(str(result.files["onnx"]))
+    image = model.graph.input[0].type.tensor_type.shape.dim
+    assert image[0].dim_param == "batch" and [d.dim_value for d in image[1:]] == [3, *runs.INPUT_HW]
+    # The trained network, at a batch size the export check did not use.
+    x = torch.randn(5, 3, *runs.INPUT_HW, generator=torch.Generator().manual_seed(7))
+    weights = torch.load(run_dir / "weights" / "trial_4.pt", weights_only=True)["state_dict"]
+    session = ort.InferenceSession(str(result.files["onnx"]), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"image": x.numpy()})
+    assert out.shape == (5, 4, *runs.A_WD.head_size(*runs.INPUT_HW))
+    np.testing.assert_allclose(out, _reference_output(runs.A_WD, weights, x).numpy(), atol=1e-4, rtol=1e-4)
+    assert "float32 Nx3x48x80 (batch N free; checked at batches 1 and 3)" in result.model_card.read_text()
+    # The default keeps the one shape the run timed.
+    fixed = export_trial(run_dir, tmp_path / "fixed", formats="onnx", trial=4, store=store)
+    dims = onnx.load(str(fixed.files["onnx"])).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, *runs.INPUT_HW] and fixed.dynamic_axes == ()
+
+
+def test_export_at_another_input_size(run, tmp_path):
+    import onnxruntime as ort
+
+    run_dir, store = run
+    result = export_trial(
+        run_dir, tmp_path / "out", formats="onnx,torchscript", trial=4, input_size=(96, 160), store=store
+    )
+    assert result.input_shape == (1, 3, 96, 160) and result.timed_shape == (1, 3, *runs.INPUT_HW)
+    x = torch.randn(1, 3, 96, 160, generator=torch.Generator().manual_seed(7))
+    weights = torch.load(run_dir / "weights" / "trial_4.pt", weights_only=True)["state_dict"]
+    session = ort.InferenceSession(str(result.files["onnx"]), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"image": x.numpy()})
+    assert out.shape == (1, 4, *runs.A_WD.head_size(96, 160))
+    np.testing.assert_allclose(out, _reference_output(runs.A_WD, weights, x).numpy(), atol=1e-4, rtol=1e-4)
+    # A size at which a path would get no pixels is refused, naming the trial and the size.
+    with pytest.raises(ExportError, match=r"trial 4 .*: input 1x1 is too small for resolution factor 0.5"):
+        export_trial(run_dir, tmp_path / "tiny", formats="onnx", trial=4, input_size=(1, 1), store=store)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_export_torchscript_reloads_to_the_same_output(run, tmp_path):
     run_dir, store = run
@@ -238,6 +281,13 @@ def test_cli_export(run, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["trial"] == 4 and data["files"]["pt"] == str(out / "weights.pt")
+    args = ["export", str(run_dir), "--trial", "4", "--format", "onnx", "-o", str(out)]
+    r = runner.invoke(main, [*args, "--dynamic-axes", "batch", "--input-size", "96x160"])
+    assert r.exit_code == 0, r.output
+    assert "  exported at  input 1x3x96x160 (the latency above is the run's)" in r.output
+    assert "batch free (checked at 1 and 3)" in r.output
+    help_text = runner.invoke(main, ["export", "--help"]).output
+    assert "Height and width are always fixed" in help_text and "int(H*r) x int(W*r)" in help_text
 
 
 @pytest.mark.parametrize(
@@ -250,6 +300,7 @@ def test_cli_export(run, tmp_path):
         (["--trial", "1", "--max-latency", "3"], "error: choose the trial with exactly one"),
         (["--trial", "1", "--format", "pt"], "error: trial 1 has no kept weights"),
         (["--trial", "1", "--format", "xml"], "error: unknown export format 'xml'"),
+        (["--trial", "1", "--format", "onnx", "--input-size", "1x1"], "error: trial 1 (lpsnet:"),
     ],
 )
 def test_cli_export_errors(run, tmp_path, args, message):

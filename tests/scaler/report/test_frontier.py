@@ -238,7 +238,17 @@ def test_summarize_run(greedy_run):
     run_dir, store = greedy_run
     report = summarize_run(run_dir, store, write=False)
     assert report.files == {} and not (run_dir / "trials.csv").exists()
-    assert report.counts == {"total": 10, "COMPLETE": 8, "FAIL": 1, "RUNNING": 0, "WAITING": 1, "PRUNED": 0}
+    assert report.counts == {
+        "total": 10,
+        "COMPLETE": 8,
+        "FAIL": 1,
+        "RUNNING": 0,
+        "WAITING": 1,
+        "PRUNED": 0,
+        "STOPPED": 0,
+        "DIED": 0,
+        "INTERRUPTED": 0,
+    }
     assert list(report.references["reference"]) == ["lpsnet_s"]
     data = json.loads(json.dumps(report.to_dict()))
     assert [r["number"] for r in data["frontier"]] == [0, 1, 2, 4, 6]

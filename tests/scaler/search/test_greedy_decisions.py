@@ -200,7 +200,7 @@ def test_overlapping_contenders_get_more_rounds_until_they_part():
         "points/ms); timed both with the parent again in 30 paired rounds",
     )
     assert step.certainty() == "sure at 90%: apart from the runner-up #2"
-    assert done.reason == "step limit reached (1 steps)"
+    assert done.reason == "step limit reached (1 step)"
 
 
 def test_contenders_that_stay_overlapping_are_decided_by_the_point_estimate_and_recorded_not_sure():

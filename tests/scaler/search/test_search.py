@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+import fake_search
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -17,6 +19,7 @@ from scaler.cli import main
 from scaler.errors import UserError
 from scaler.measure import LatencySettings
 from scaler.proxy.train import TrainResult
+from scaler.report.outputs import write_run_outputs
 from scaler.search.run import run_search
 from scaler.search.space import load_space
 from scaler.search.store import open_run
@@ -153,6 +156,23 @@ def test_extending_the_step_limit_continues_the_run(tmp_path, fake_latency):
     run_search(load_space(_space(tmp_path, steps=2)), tmp_path / "run", progress=False)
     store = open_run(tmp_path / "run")
     assert len(store.trials()) > n1 and store.get("step_2") is not None
+
+
+def test_lowering_the_step_limit_of_a_finished_run_says_what_the_run_holds(tmp_path, fake_latency, monkeypatch):
+    # Every candidate improves, so the first session runs to its limit of 2 steps.
+    monkeypatch.setattr(worker_mod, "train_and_evaluate", fake_search.fake_train)
+    first = run_search(load_space(_space(tmp_path, steps=2)), tmp_path / "run", progress=False)
+    assert first.stop_reason == "step limit reached (2 steps)"
+    again = run_search(load_space(_space(tmp_path, steps=1)), tmp_path / "run", progress=False)
+    assert again.stop_reason == (
+        "step limit reached (1 step); the run already holds 2 steps, decided by an earlier session with a "
+        "higher limit, all kept"
+    )
+    assert again.trials == first.trials  # nothing was trained or dropped
+    _, report = write_run_outputs(tmp_path / "run")
+    path = pd.read_csv(tmp_path / "run" / "path.csv")
+    assert list(path["step"]) == [0, 1, 2] and path["trial"].notna().all()
+    assert report.status == f"finished: {again.stop_reason}"
 
 
 @pytest.mark.parametrize("strategy", ["random", "tpe", "nsga2"])
