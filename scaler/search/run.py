@@ -405,7 +405,7 @@ def _loop(
 ) -> str:
     budget = space.stopping.latency_budget_ms
     while True:
-        for number in store.reap_stale():
+        for number in store.reap_stale(idle=True):  # between this process's own evaluations
             log(f"a worker died; its candidate is queued again as trial #{number}")
         history = store.records()
         bars.update(history)

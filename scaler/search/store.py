@@ -408,10 +408,15 @@ class RunStore:
 
     # -- the search process: dead workers -------------------------------------------------------
 
-    def reap_stale(self, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> list[int]:
+    def reap_stale(
+        self, stale_after_s: float = STALE_AFTER_S, now: float | None = None, *, idle: bool = False
+    ) -> list[int]:
         """Fail and re-queue RUNNING trials whose worker is gone. Call from one process only (the search).
 
-        A worker on this host is gone when its process no longer exists; one elsewhere when its
+        A worker on this host is gone when its process no longer exists, or when it is this process and
+        ``idle`` says it evaluates nothing now (the search between its own evaluations: a trial it owns
+        is then a leftover of an earlier session in the same process, a notebook or a test); one
+        elsewhere when its
         heartbeat is older than ``stale_after_s``. Returns the numbers of the re-queued copies.
         """
         now = time.time() if now is None else now
@@ -428,7 +433,8 @@ class RunStore:
                 owner = {}
             beat = float(t.user_attrs.get(Attr.HEARTBEAT, 0.0))
             if owner.get("host") == host:
-                dead = not _pid_alive(int(owner.get("pid", -1)))
+                pid = int(owner.get("pid", -1))
+                dead = (idle and pid == os.getpid()) or not _pid_alive(pid)
             else:
                 dead = now - beat > stale_after_s
             if not dead:

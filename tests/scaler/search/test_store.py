@@ -137,3 +137,12 @@ def test_a_seed_replica_trains_with_its_seed_and_is_left_out_of_the_frontier(tmp
         df["seed_of"].isna().tolist() == [True, False] and df["seed_of"].iloc[1] == 0 and df["train_seed"].iloc[1] == 3
     )
     assert list(pareto_front(df)["number"]) == [0]  # the replica's better mIoU is not a network of its own
+
+
+def test_a_trial_this_process_owns_is_reaped_only_when_it_says_it_is_idle(tmp_path):
+    # The search reaps between its own evaluations: a trial it owns then is left from an earlier session.
+    store = _store(tmp_path)
+    store.claim()
+    assert store.reap_stale() == []
+    assert store.reap_stale(idle=True) == [1]
+    assert "died" in store.trials()[0].user_attrs["fail_reason"]
