@@ -280,6 +280,9 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
         except ValueError as e:
             h, w = latency_size
             raise fail("latency.input_size", f"{h}x{w} cannot be measured for {start.inline()}: {e}") from None
+    _check_new_paths(start, operators, constraints, input_size, "input_size", fail)
+    if latency_size != input_size:
+        _check_new_paths(start, operators, constraints, latency_size, "latency.input_size", fail)
     training = _section(
         TrainConfig, data.get("training"), "training", fail, fixed={"dataset": dataset.strip(), "eval_size": input_size}
     )
@@ -303,6 +306,32 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
         description=description.strip(),
         references=references,
     )
+
+
+def _check_new_paths(
+    start: LPSNetArch,
+    operators: tuple[Operator, ...],
+    constraints: Constraints,
+    size: tuple[int, int],
+    key: str,
+    fail: Any,
+) -> None:
+    """A path an operator can add starts at its factor step: the input must leave it at least 1x1, or the
+    search would stop at the first such candidate (it cannot be trained or timed)."""
+    if start.num_paths >= constraints.max_paths:
+        return
+    steps = [op.step for op in operators if op.kind == "resolution" and op.path > start.num_paths]
+    if not steps:
+        return
+    factor, (h, w) = min(steps), size
+    if int(h * factor) < 1 or int(w * factor) < 1:
+        least = math.ceil(1 / factor)
+        raise fail(
+            key,
+            f"{h}x{w} is too small for a path the operators can add (factor {factor:g} gives a "
+            f"{int(h * factor)}x{int(w * factor)} input); use at least {least}x{least}, "
+            "or constraints.max_paths to forbid new paths",
+        )
 
 
 def _references(value: Any, fail: Any) -> tuple[str, ...]:

@@ -190,3 +190,16 @@ def test_existing_space_files_keep_their_hashes():
     }
     for name, expected in hashes.items():
         assert load_space(SPACES / name).space_hash() == expected, name
+
+
+def test_a_latency_size_too_small_for_a_path_the_operators_can_add_is_one_line():
+    data = yaml.safe_load((SPACES / "lpsnet_demo.yaml").read_text())
+    data["latency"]["input_size"] = "4x400"  # the start (r=0.5) takes it; a new path at 1/8 would see 0x50
+    with pytest.raises(SpaceError) as e:
+        space_from_dict(data)
+    assert str(e.value) == (
+        "search space: latency.input_size: 4x400 is too small for a path the operators can add (factor 0.125 "
+        "gives a 0x50 input); use at least 8x8, or constraints.max_paths to forbid new paths"
+    )
+    data["constraints"]["max_paths"] = 1  # no new path can be added: the size is fine
+    assert space_from_dict(data).latency.input_hw == (4, 400)
