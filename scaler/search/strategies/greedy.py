@@ -438,7 +438,14 @@ class GreedyStrategy(Strategy):
                 + ", ".join(f"#{n} {_seeds_text(by_number[n], done[n], means[n])}" for n in numbers)
                 + "; the mean gains decide"
             )
-            ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
+            # The replicas decide between the two contenders only: the others' gains come from one seed
+            # (and one parent reading), so they stay ranked where the first seed put them, below both.
+            stored = {int(n): SlopeEstimate.from_dict(e) for n, e in tie["estimates"].items()}
+            before = sorted(stored, key=lambda n: (-stored[n].slope, order[n]))
+            top = sorted(numbers[1:], key=lambda n: (-estimates[n].slope, order[n]))
+            ranked = [*top, *(n for n in before if n not in top)]
+            if estimates[top[0]].slope <= 0:  # neither gains on both seeds' mean: the first seed's order of the rest
+                ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
             overlap = None
             if len(ranked) >= 2 and estimates[ranked[0]].slope > 0:
                 overlap = estimates[ranked[0]].overlap(estimates[ranked[1]])

@@ -294,6 +294,43 @@ def test_a_tie_seed_trains_the_contenders_and_the_parent_again_and_their_mean_mi
     assert again == done and len(fake.calls) == calls
 
 
+def test_after_a_tie_seed_only_the_contenders_are_ranked_by_their_means():
+    # Three candidates, each 0.5 ms over the parent: #1 and #2 tie exactly (+1 point), #3 is below them
+    # (+0.8). On the second seed both contenders gain less (+0.2, +0.4), as a worse seed does for
+    # everyone: their means (+0.6, +0.7) fall under #3's one-seed gain, which must not win by it.
+    space = space_from_dict(
+        {
+            "name": "decide",
+            "start": "lpsnet_tiny",
+            "input_size": "64x128",
+            "dataset": "synthetic",
+            "operators": ["depth_4-5", "width_4-5", "width_3-5"],
+            "constraints": {"max_depth": 8, "max_width": 512},
+            "stopping": {"max_steps": 1},
+            "greedy": {"max_steplen": 8, "probe_rounds": 0, "tie_seed": 1},
+        }
+    )
+
+    def miou(a: LPSNetArch) -> float:
+        return (
+            0.30
+            + 0.01 * (a.depth[3] + a.depth[4] - 2) / 2
+            + 0.01 * (a.width[3] - 32) / 32
+            - 0.002 * (a.width[2] - 16) / 16
+        )
+
+    def seeded(a: LPSNetArch, seed: int) -> float:
+        return {TINY: 0.30, DEPTH: 0.302, WIDTH: 0.304}[a]
+
+    kv: dict[str, Any] = {}
+    ctx = paired_ctx(space, FakePaired(model_ms), kv=kv)
+    history, _ = drive(space, ctx, miou, seeded)
+    step = StepDecision.from_dict(kv["step_1"])
+    assert [t.arch for t in history[1:3]] == [DEPTH, WIDTH] and kv["tie_1"]["contenders"] == [1, 2]
+    assert {n: round(e.slope, 6) for n, e in step.estimates.items()} == {1: 0.012, 2: 0.014, 3: 0.016}
+    assert step.winner == 2 and step.runner_up == 1 and step.sure is True
+
+
 def test_the_rounds_cap_is_the_spaces():
     space = make_space(paired_rounds=20, max_paired_rounds=20)
     fake = FakePaired(model_ms, noise_ms=0.05, drift_ms=0.2)
