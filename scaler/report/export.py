@@ -46,7 +46,7 @@ from models.lpsnet import FixedUpsample
 from scaler.errors import UserError
 from scaler.measure.onnx_export import ONNX_OPSET, OutputMismatch, check_output, export_onnx
 from scaler.report.model_card import model_card
-from scaler.report.table import trials_frame
+from scaler.report.table import own_trials, trials_frame
 from scaler.search.artifacts import attach_to_trial, warn_stderr
 from scaler.search.store import RunStore, open_run
 
@@ -141,7 +141,8 @@ def select_trial(
                 f"trial {trial} is {row['state']}{why}; export a complete trial (see 'scaler frontier RUN')"
             )
         return int(trial), f"trial {trial} as asked"
-    done = df[(df["state"] == "COMPLETE") & df["reference"].isna()]
+    done = own_trials(df)
+    done = done[done["state"] == "COMPLETE"]
     done = done[done["latency_ms"].map(math.isfinite) & done["miou"].map(math.isfinite)]
     if done.empty:
         raise ExportError("no complete trial in this run yet")

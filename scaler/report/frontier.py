@@ -16,20 +16,15 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from scaler.report.table import finite
+from scaler.report.table import finite, own_trials
 from scaler.search.store import RunStore
 
 __all__ = ["Hypervolume", "hypervolume", "pareto_front", "reference_point", "run_hypervolume"]
 
 
 def _complete(df: pd.DataFrame, include_reference: bool) -> pd.DataFrame:
+    df = own_trials(df, include_reference=include_reference)
     ok = (df["state"] == "COMPLETE") & df["latency_ms"].map(finite) & df["miou"].map(finite)
-    if not include_reference:
-        ok &= df["reference"].isna()
-    # A second reading of a trial, a step's control, a retrain from scratch: not the search's own points.
-    for col in ("seed_of", "control_of", "retrain_of"):
-        if col in df:
-            ok &= df[col].isna()
     return df[ok]
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaler.report.table import own_trials
 from scaler.search.record import int_or_none
 from scaler.search.store import RunStore
 from scaler.search.strategies.greedy import GreedyStrategy, StepDecision
@@ -32,9 +33,8 @@ def _start_trial(df: pd.DataFrame, steps: list[StepDecision]) -> int | None:
     if steps and steps[0].step == 1 and steps[0].parent is not None:
         return steps[0].parent
     # No decided step yet: the start network is the method's step-0 trial.
-    start = df[
-        (df["step"] == 0) & df["reference"].isna() & (df["strategy"].isna() | (df["strategy"] == GreedyStrategy.name))
-    ]
+    own = own_trials(df)
+    start = own[(own["step"] == 0) & (own["strategy"].isna() | (own["strategy"] == GreedyStrategy.name))]
     done = start[start["state"] == "COMPLETE"]
     pick = done if len(done) else start
     return int(pick["number"].min()) if len(pick) else None

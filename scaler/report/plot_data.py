@@ -21,6 +21,7 @@ from models import get_arch, parse_inline
 from scaler.report.frontier import pareto_front
 from scaler.report.path import greedy_path
 from scaler.report.summary import RunInfo, run_info
+from scaler.report.table import own_trials
 from scaler.search.store import RunStore
 
 __all__ = [
@@ -177,7 +178,7 @@ def frontier_plot_data(
     Returns:
         Points in ms and percent; references are named points, not candidates.
     """
-    search = df[df["reference"].isna()]
+    search = own_trials(df)
     done = search[search["state"] == "COMPLETE"]
     # A stopped trial, or one a dead worker cut short, is no failure of its candidate (queued again).
     failed = search[(search["state"] == "FAIL") & search["interrupted"].isna()]
@@ -201,7 +202,8 @@ def steps_plot_data(store: RunStore, df: pd.DataFrame, *, name: str | None = Non
         df: Its :func:`~scaler.report.frontier.trials_frame`.
         name: The run's label (default: the study name).
     """
-    search = df[df["reference"].isna() & df["step"].notna()]
+    search = own_trials(df)
+    search = search[search["step"].notna()]
     candidates = [(int(s), p) for s, p in zip(search["step"], _points_or_none(search), strict=True) if p is not None]
     done = [(s, p) for s, p in candidates if p.miou_pct is not None]
     failed_numbers = set(search.loc[(search["state"] == "FAIL") & search["interrupted"].isna(), "number"])

@@ -14,7 +14,23 @@ import pandas as pd
 from scaler.search.record import OWNER_GONE
 from scaler.search.store import STALE_AFTER_S, RunStore
 
-__all__ = ["TRIAL_COLUMNS", "finite", "operator_dimension", "trials_frame"]
+__all__ = ["SECOND_READINGS", "TRIAL_COLUMNS", "finite", "operator_dimension", "own_trials", "trials_frame"]
+
+# Trials that read an architecture again rather than add one to the search: a seed replica (another
+# training seed, to break a tie), a step's control (the parent trained further), a retrain from scratch.
+SECOND_READINGS = ("seed_of", "control_of", "retrain_of")
+
+
+def own_trials(df: pd.DataFrame, *, include_reference: bool = False) -> pd.DataFrame:
+    """The rows of the search's own candidates: not named references (unless asked), not second readings."""
+    ok = pd.Series(True, index=df.index)
+    if not include_reference:
+        ok &= df["reference"].isna()
+    for col in SECOND_READINGS:
+        if col in df:
+            ok &= df[col].isna()
+    return df[ok]
+
 
 TRIAL_COLUMNS = [
     "number",

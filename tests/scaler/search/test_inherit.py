@@ -18,7 +18,8 @@ from paired_standin import FakePaired
 import scaler.search.run as run_mod
 from models import arch_from_dict, build_model, get_arch
 from scaler.cli import main
-from scaler.report import summarize_run
+from scaler.report import summarize_run, trials_frame
+from scaler.report.plot_data import frontier_plot_data, steps_plot_data
 from scaler.report.render import format_frontier
 from scaler.search.inherit import artifact_store, inherited_state
 from scaler.search.run import run_search
@@ -163,6 +164,10 @@ def test_a_real_inherited_search_keeps_weights_as_artifacts_and_starts_candidate
     )
     assert report.info.setup().endswith(" · mIoU from inherited training")
     assert controls[0].number not in set(report.frontier["number"])
+    df = trials_frame(store)
+    plotted = [p.number for p in frontier_plot_data(store, df).candidates]
+    stepped = [p.number for _, p in steps_plot_data(store, df).candidates]
+    assert controls[0].number not in plotted + stepped and start.number in plotted
 
     # The frontier trained again from scratch with one recipe: recorded, reused, never on the frontier.
     frontier_numbers = sorted(int(n) for n in report.frontier["number"])
