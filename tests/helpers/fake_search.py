@@ -47,3 +47,18 @@ def fake_train(arch: SegArch, config: TrainConfig, **kw: Any) -> TrainResult:
     if isinstance(arch, LPSNetArch) and arch.num_paths == 3:
         return TrainResult(status="failed", reason="fake: three paths fail", arch=arch.to_dict(), config={})
     return TrainResult(status="ok", reason=None, arch=arch.to_dict(), config={}, miou=fake_miou(arch))
+
+
+def tiny_space(name: str, max_steps: int) -> str:
+    """A space file's text for a greedy search on a tiny synthetic set, seconds per candidate with the
+    stand-ins above (real latency and training take a few seconds more)."""
+    return (
+        f"name: {name}\n"
+        "start: lpsnet_tiny\n"
+        "input_size: 64x128\n"
+        "dataset: synthetic:size=64x128,train=8,val=4\n"
+        "constraints: {width_divisor: 4, max_depth: 4, max_width: 64}\n"
+        "latency: {device: cpu, threads: 1, min_samples: 3, max_samples: 10, time_cap_s: 0.3}\n"
+        "training: {iters: 4, batch: 2, crop: 64x96, lr: 0.05, seed: 0}\n"
+        f"stopping: {{max_steps: {max_steps}}}\n"
+    )

@@ -47,17 +47,22 @@ def _space(init: str = "inherit", **training: Any):
     )
 
 
-def test_the_step_trains_a_control_and_measures_gains_against_it():
-    space = _space()
-    kv: dict[str, Any] = {}
+def _ctx(space, kv: dict[str, Any]) -> SearchContext:
+    """The strategy's context with the stand-in latency model, single and paired; ``kv`` holds the run's records."""
     fake = FakePaired()
-    ctx = SearchContext(
+    return SearchContext(
         space=space,
         latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
         get=kv.get,
         put=kv.__setitem__,
         paired=lambda archs, rounds: fake(archs, rounds=rounds),
     )
+
+
+def test_the_step_trains_a_control_and_measures_gains_against_it():
+    space = _space()
+    kv: dict[str, Any] = {}
+    ctx = _ctx(space, kv)
     strat = GreedyStrategy(space)
     history: list[TrialRecord] = []
 
@@ -98,15 +103,7 @@ def test_the_step_trains_a_control_and_measures_gains_against_it():
 def test_scratch_training_proposes_no_control():
     space = _space(init="scratch")
     assert "init" not in space.to_dict()["training"] and _space().to_dict()["training"]["init"] == "inherit"
-    kv: dict[str, Any] = {}
-    fake = FakePaired()
-    ctx = SearchContext(
-        space=space,
-        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
-        get=kv.get,
-        put=kv.__setitem__,
-        paired=lambda archs, rounds: fake(archs, rounds=rounds),
-    )
+    ctx = _ctx(space, {})
     history = [
         TrialRecord(TINY, step=0, number=0, state=TrialState.COMPLETE, values=(1.0, 0.3), latency={"median_ms": 1.0})
     ]

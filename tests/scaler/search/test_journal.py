@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fake_search import FakeLatency, fake_train
+from fake_search import FakeLatency, fake_train, tiny_space
 from paired_standin import FakePaired
 
 import scaler.search.run as search_mod
@@ -31,16 +31,7 @@ from scaler.search.record import TrialRecord
 from scaler.search.run_folder import DAMAGED_JOURNALS, JOURNAL_NAME, RUN_FILE
 from scaler.search.store import RunStore, distributions, open_run, open_storage
 
-SPACE = """\
-name: t
-start: lpsnet_tiny
-input_size: 64x128
-dataset: synthetic:size=64x128,train=8,val=4
-constraints: {width_divisor: 4, max_depth: 4, max_width: 64}
-latency: {device: cpu, threads: 1, min_samples: 3, max_samples: 10, time_cap_s: 0.3}
-training: {iters: 4, batch: 2, crop: 64x96, lr: 0.05, seed: 0}
-stopping: {max_steps: 2}
-"""
+SPACE = tiny_space("t", max_steps=2)
 
 
 def _stand_ins(mp: pytest.MonkeyPatch, cache: Path) -> None:

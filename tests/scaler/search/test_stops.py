@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fake_search import tiny_space
 from optuna.trial import TrialState
 from run_builder import TINY, make_run
 
@@ -29,16 +30,7 @@ pytestmark = pytest.mark.slow
 
 FAKE_CLI = Path(__file__).resolve().parents[2] / "helpers" / "fake_cli.py"
 
-SPACE = """\
-name: stops
-start: lpsnet_tiny
-input_size: 64x128
-dataset: synthetic:size=64x128,train=8,val=4
-constraints: {width_divisor: 4, max_depth: 4, max_width: 64}
-latency: {device: cpu, threads: 1, min_samples: 3, max_samples: 10, time_cap_s: 0.3}
-training: {iters: 4, batch: 2, crop: 64x96, lr: 0.05, seed: 0}
-stopping: {max_steps: 1}
-"""
+SPACE = tiny_space("stops", max_steps=1)
 
 
 def _env(tmp_path: Path, train_s: float) -> dict[str, str]:
