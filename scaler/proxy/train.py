@@ -37,18 +37,21 @@ from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion,
 
 __all__ = [
     "INIT_MODES",
+    "LOSSES",
     "TrainConfig",
     "TrainResult",
     "cached_dataset",
     "confusion_matrix",
     "evaluate",
     "iou_from_confusion",
+    "ohem_cross_entropy",
     "poly_lr",
     "train_and_evaluate",
 ]
 
 
 INIT_MODES = ("scratch", "inherit")
+LOSSES = ("ce", "ohem")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,12 @@ class TrainConfig:
         warmup_iters: Linear warm-up steps (``None``: 5% of ``iters``).
         scale, flip, jitter: Augmentation, see :class:`~scaler.proxy.augment.AugmentConfig`.
         seed: Fixes initial weights, image order and augmentation.
+        loss: ``ce`` (cross-entropy over every labelled pixel) or ``ohem``: online hard example mining,
+            the real-time segmentation recipes' remedy for a dominant class (BiSeNet, STDC): only
+            pixels whose true class gets probability below ``ohem_thresh`` count, and at least
+            ``ohem_min_kept`` of the batch's labelled pixels (the hardest) always do.
+        ohem_thresh: See ``loss``.
+        ohem_min_kept: See ``loss``: a fraction of the labelled pixels (the recipes keep 1/16).
         init: ``scratch`` (seeded initial weights) or ``inherit``: a search starts each candidate from
             its trained parent's weights, grown (see :mod:`models.grow`); the weights themselves are
             given to :func:`train_and_evaluate` as ``init_state``.
@@ -92,6 +101,9 @@ class TrainConfig:
     flip: float = 0.5
     jitter: float = 0.25
     seed: int = 0
+    loss: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: float = 1 / 16
     init: str = "scratch"
     device: str = "cpu"
     amp: bool | None = None
@@ -114,6 +126,9 @@ class TrainConfig:
             (self.val_limit is None or self.val_limit >= 1, "val_limit", self.val_limit, "must be >= 1"),
             (self.eval_batch >= 1, "eval_batch", self.eval_batch, "must be >= 1"),
             (self.init in INIT_MODES, "init", self.init, f"must be one of {', '.join(INIT_MODES)}"),
+            (self.loss in LOSSES, "loss", self.loss, f"must be one of {', '.join(LOSSES)}"),
+            (0 < self.ohem_thresh < 1, "ohem_thresh", self.ohem_thresh, "must be a probability in (0, 1)"),
+            (0 < self.ohem_min_kept <= 1, "ohem_min_kept", self.ohem_min_kept, "must be a fraction in (0, 1]"),
         ]
         for ok, name, value, what in checks:
             if not ok:
@@ -124,10 +139,14 @@ class TrainConfig:
         return self.warmup_iters if self.warmup_iters is not None else max(0, self.iters // 20)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form; ``init`` only when it is not ``scratch`` (what every run before it trained with)."""
+        """Plain-data form; ``init`` only when it is not ``scratch``, ``loss`` and its knobs only when it is not
+        ``ce`` (what every run before them trained with)."""
         out = dataclasses.asdict(self)
         if out["init"] == "scratch":
             del out["init"]
+        if out["loss"] == "ce":  # the OHEM knobs mean nothing without it; runs before it resume unchanged
+            for key in ("loss", "ohem_thresh", "ohem_min_kept"):
+                del out[key]
         return out
 
 
@@ -416,7 +435,7 @@ def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[floa
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device_type=device.type, enabled=setup.amp):
-            loss = _loss(model, x, y, aux_weight, ignore_index)
+            loss = _loss(model, x, y, aux_weight, ignore_index, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -435,13 +454,48 @@ def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[floa
     return data_time
 
 
-def _loss(model: SegModel, x: torch.Tensor, y: torch.Tensor, aux_weight: float, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy of the logits, plus the weighted auxiliary term when the head has one."""
+def _loss(
+    model: SegModel, x: torch.Tensor, y: torch.Tensor, aux_weight: float, ignore_index: int, config: TrainConfig
+) -> torch.Tensor:
+    """The config's loss of the logits, plus the weighted auxiliary term when the head has one."""
     logits, aux = model.forward_with_aux(x) if aux_weight else (model(x), None)
-    loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+
+    def criterion(z: torch.Tensor) -> torch.Tensor:
+        if config.loss == "ohem":
+            return ohem_cross_entropy(z.float(), y, ignore_index, config.ohem_thresh, config.ohem_min_kept)
+        return F.cross_entropy(z.float(), y, ignore_index=ignore_index)
+
+    loss = criterion(logits)
     if aux is not None:
-        loss = loss + aux_weight * F.cross_entropy(aux.float(), y, ignore_index=ignore_index)
+        loss = loss + aux_weight * criterion(aux)
     return loss
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, thresh: float, min_kept: float
+) -> torch.Tensor:
+    """Cross-entropy over the hard pixels only: those whose true class gets probability below ``thresh``,
+    and at least the ``min_kept`` share of the labelled pixels with the largest losses.
+
+    Args:
+        logits: ``(N, C, H, W)``.
+        target: ``(N, H, W)`` class indices; ``ignore_index`` marks unlabelled pixels.
+        ignore_index: Never counted.
+        thresh: A pixel whose true class gets probability below this is hard.
+        min_kept: Share (0-1] of the labelled pixels always kept, the hardest first.
+
+    Returns:
+        The mean loss of the kept pixels (0 when no pixel is labelled).
+    """
+    pixel = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
+    labelled = pixel[target.flatten() != ignore_index]
+    if labelled.numel() == 0:
+        return logits.sum() * 0.0
+    hard = labelled[labelled > -math.log(thresh)]
+    keep = max(1, math.ceil(min_kept * labelled.numel()))
+    if hard.numel() < keep:
+        hard = torch.topk(labelled, keep).values
+    return hard.mean()
 
 
 def _train_stats(losses: list[float], batch: int, data_time: float, train_seconds: float) -> dict[str, Any]:

@@ -449,6 +449,7 @@ class GreedyStrategy(Strategy):
             overlap = None
             if len(ranked) >= 2 and estimates[ranked[0]].slope > 0:
                 overlap = estimates[ranked[0]].overlap(estimates[ranked[1]])
+        actions = [*proxy_warnings(trials), *actions]
         slopes = {t.number: (estimates[t.number].slope if t.number in estimates else None) for t in trials}
         winner = None
         if not ranked:
@@ -557,6 +558,9 @@ class GreedyStrategy(Strategy):
             f"step {step} winner: "
             + (f"#{sel.winner} ({sel.reason})" if sel.winner is not None else f"none ({sel.reason})")
         )
+        warnings = proxy_warnings(trials)
+        for line in warnings:
+            ctx.log(f"step {step}: {line}")
         return StepDecision(
             step=step,
             parent=parent.number,
@@ -564,7 +568,43 @@ class GreedyStrategy(Strategy):
             slopes=dict(sel.slopes),
             winner=sel.winner,
             reason=sel.reason,
+            actions=tuple(warnings),
         )
+
+
+# mIoUs of one step closer than this (a fraction) cannot be told apart by a short proxy training.
+SAME_MIOU = 0.001
+
+
+def proxy_warnings(trials: Sequence[TrialRecord]) -> list[str]:
+    """What makes a step's mIoUs say little of its architectures, one line each: candidates whose
+    predictions cover one class (a short schedule on imbalanced data collapses to the dominant class),
+    and a step of three or more trained candidates whose mIoUs all lie within :data:`SAME_MIOU` of each
+    other (the slopes are then latency noise). Both point at the remedies: a longer schedule, or
+    ``training.loss: ohem``."""
+    out = []
+    one = [t.number for t in trials if t.miou is not None and _classes_predicted(t) == 1]
+    if one:
+        out.append(
+            f"{', '.join(f'#{n}' for n in one)} predict{'s' if len(one) == 1 else ''} one class only (every other "
+            "class's IoU is 0): the proxy collapsed to the dominant class, so its mIoU says nothing of the "
+            "architecture; train longer, or set training.loss: ohem"
+        )
+    mious = [t.miou for t in trials if t.miou is not None]
+    if len(mious) >= 3 and max(mious) - min(mious) < SAME_MIOU:  # two alike can be chance; three are the proxy
+        out.append(
+            f"every candidate's mIoU lies within {100 * SAME_MIOU:g} points of the others: the proxy does not tell "
+            "them apart, and the slopes rank latency noise; train longer, or set training.loss: ohem"
+        )
+    return out
+
+
+def _classes_predicted(trial: TrialRecord) -> int | None:
+    """How many classes a trained trial's predictions hit (IoU > 0 on the validation split); ``None``: unknown."""
+    per_class = (trial.train or {}).get("per_class_iou")
+    if not isinstance(per_class, Mapping) or not per_class:
+        return None
+    return sum(1 for v in per_class.values() if v is not None and v > 0)
 
 
 def _paired_numbers(timing: PairedTiming, i: int, confidence: float, start: int) -> PairedLatency:

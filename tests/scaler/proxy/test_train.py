@@ -255,3 +255,41 @@ def test_bad_validation_data_is_a_failed_result_with_the_training_stats():
     r = _train(iters=3, val=Stripes(n=6, seed=99, bad=2))
     assert r.status == "failed" and "bad data" in r.reason and "/data/masks/0002.png" in r.reason
     assert r.iters_done == 3 and len(r.loss_curve) == 3 and r.miou is None
+
+
+def test_ohem_counts_the_hard_pixels_and_at_least_the_hardest_share():
+    from scaler.proxy.train import ohem_cross_entropy
+
+    # Four labelled pixels of two classes: two easy (p(true) ~ 0.98), two hard; one ignored pixel.
+    logits = torch.tensor([[[[4.0, 4.0, -2.0, 0.1, 9.0]], [[0.0, 0.0, 2.0, 0.0, 0.0]]]])  # (1, 2, 1, 5)
+    target = torch.tensor([[[0, 0, 0, 1, 255]]])
+    pixel = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none").flatten()[:4]
+    hard = pixel[pixel > -math.log(0.7)]
+    assert hard.numel() == 2  # the -2 vs 2 pixel and the near-tie of class 1
+    assert ohem_cross_entropy(logits, target, 255, 0.7, 1 / 16) == pytest.approx(float(hard.mean()))
+    # At least the hardest 3 of the 4 labelled pixels, whatever the threshold says.
+    assert ohem_cross_entropy(logits, target, 255, 0.7, 0.75) == pytest.approx(float(pixel.topk(3).values.mean()))
+    # Every pixel kept: plain cross-entropy over the labelled ones.
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    assert ohem_cross_entropy(logits, target, 255, 0.999, 1.0) == pytest.approx(float(ce))
+    assert float(ohem_cross_entropy(logits, torch.full_like(target, 255), 255, 0.7, 0.1)) == 0.0
+
+
+def test_ohem_is_a_recipe_option_recorded_only_when_chosen():
+    assert "loss" not in TrainConfig().to_dict() and "ohem_thresh" not in TrainConfig().to_dict()
+    d = TrainConfig(loss="ohem", ohem_thresh=0.6).to_dict()
+    assert (d["loss"], d["ohem_thresh"], d["ohem_min_kept"]) == ("ohem", 0.6, 1 / 16)
+    with pytest.raises(UserError, match="training config: loss must be one of ce, ohem, got 'focal'"):
+        TrainConfig(loss="focal")
+    with pytest.raises(UserError, match="ohem_thresh must be a probability"):
+        TrainConfig(loss="ohem", ohem_thresh=1.5)
+
+
+def test_a_training_with_ohem_runs_records_its_loss_and_parts_from_plain_cross_entropy():
+    plain = _train(TINY)
+    hard = _train(TINY, loss="ohem")
+    assert plain.ok and hard.ok and hard.config["loss"] == "ohem" and "loss" not in plain.config
+    # At initialisation every pixel is hard (its class gets ~1/C < 0.7): the first losses are equal; once
+    # the network is sure of some pixels they drop out of OHEM's mean, and the curves part.
+    assert hard.loss_first == pytest.approx(plain.loss_first)
+    assert hard.loss_curve[1:] != pytest.approx(plain.loss_curve[1:])

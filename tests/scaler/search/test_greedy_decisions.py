@@ -591,3 +591,30 @@ def test_every_paired_pass_times_the_start_network_too_so_latencies_are_known_re
         assert c.paired.start_ratio == pytest.approx(probe_ms(c.arch) / probe_ms(TINY))
         assert c.paired.median_ms == pytest.approx(machine.speed * probe_ms(c.arch))
     assert StepPlan.from_dict(plan2.to_dict()) == plan2
+
+
+def test_a_collapsed_proxy_is_said_in_the_step_record():
+    from scaler.search.strategies.greedy import proxy_warnings
+
+    def trained(n: int, miou: float, per_class: dict[str, float | None]) -> TrialRecord:
+        return TrialRecord(
+            TINY,
+            number=n,
+            state=TrialState.COMPLETE,
+            values=(1.0, miou),
+            train={"per_class_iou": per_class},
+        )
+
+    one = {"road": 0.8, "car": 0.0, "sky": None}  # sky absent from the validation split
+    two = {"road": 0.8, "car": 0.1, "sky": None}
+    assert proxy_warnings([trained(1, 0.3, two), trained(2, 0.4, two)]) == []
+    assert proxy_warnings([trained(1, 0.27, one), trained(2, 0.3, two), trained(3, 0.27, one)]) == [
+        "#1, #3 predict one class only (every other class's IoU is 0): the proxy collapsed to the dominant class, "
+        "so its mIoU says nothing of the architecture; train longer, or set training.loss: ohem"
+    ]
+    alike = [trained(n, 0.3 + 0.0002 * n, two) for n in (1, 2, 3)]
+    assert proxy_warnings(alike) == [
+        "every candidate's mIoU lies within 0.1 points of the others: the proxy does not tell them apart, and the "
+        "slopes rank latency noise; train longer, or set training.loss: ohem"
+    ]
+    assert proxy_warnings(alike[:2]) == []  # two alike can be chance
