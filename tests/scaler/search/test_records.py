@@ -82,6 +82,25 @@ def test_a_requeued_record_forgets_its_worker():
     assert again.number is None and again.step == 1 and again.kind == TrialKind.RETRY
 
 
+def test_a_requeued_inherited_candidate_starts_again_from_its_parent_and_keeps_no_weights_of_its_own():
+    # A worker killed after uploading the trial's weights but before finishing it: the copy trains
+    # again from the parent's weights; the dead trial's artifact is not the copy's.
+    rec = TrialRecord(
+        TINY,
+        step=2,
+        inherit_from=7,
+        weights_artifact="dead-trials-file",
+        inherited={"from_trial": 7, "weights_artifact": "parent-file", "growth_noise": 0.01},
+        owner={"host": "h", "pid": 1},
+        number=9,
+    )
+    again = rec.requeued(9)
+    assert again.inherit_from == 7 and again.weights_artifact is None and again.inherited is None
+    assert TrialRecord.from_user_attrs(again.to_user_attrs()) == again
+    replica = dataclasses.replace(rec, owner=None).replicated(seed=1)
+    assert replica.inherit_from == 7 and replica.weights_artifact is None and replica.seed_of == 9
+
+
 def test_a_committed_run_reads_back_as_before():
     store = open_run(DEMO)
     records = store.records()
