@@ -78,21 +78,21 @@ def evaluate_claim(
                 init_state, attrs[Attr.INHERITED] = inherited_state(store, record, artifacts, seed=claim.number)
             except (InheritError, GrowthError) as e:
                 return _fail(store, claim, str(e), log)
-        save = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
-        if save is None and inherit:  # every trained trial may become a parent: its weights go to the store
+        kept = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
+        save = kept
+        if (
+            save is None and artifacts is not None
+        ):  # every trained trial may become a parent: its weights go to the store
             save = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weights-"))) / "weights.pt"
         with store.heartbeat(claim):
             result = train_and_evaluate(claim.arch, training, progress=progress, save=save, init_state=init_state)
-        if inherit and result.ok and save is not None and artifacts is not None:
+        if artifacts is not None and save is not None and result.ok:
             attrs[Attr.WEIGHTS_ARTIFACT] = keep_weights(store, claim, save, artifacts)
-    if save is not None and weights_dir is None:
-        save = None  # a temporary file, gone: only the artifact stays
-    train = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
-    attrs[Attr.TRAIN] = train
-    if save is not None and result.ok:
+    attrs[Attr.TRAIN] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
+    if kept is not None and result.ok:
         # Relative to the run folder when it is inside it (the schema), else where the worker put it.
-        inside = run_dir is not None and save.resolve().is_relative_to(run_dir.resolve())
-        attrs[Attr.WEIGHTS] = str(save.resolve().relative_to(run_dir.resolve())) if inside else str(save.resolve())
+        inside = run_dir is not None and kept.resolve().is_relative_to(run_dir.resolve())
+        attrs[Attr.WEIGHTS] = str(kept.resolve().relative_to(run_dir.resolve())) if inside else str(kept.resolve())
     latency = claim.record.latency_ms
     if result.ok and latency is not None:
         ok = store.complete(claim, float(latency), float(result.miou), attrs)

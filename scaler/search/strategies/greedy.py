@@ -408,6 +408,7 @@ class GreedyStrategy(Strategy):
                 ctx.put(_TIE_KEY.format(step), tie)
         if tie is not None:
             estimates = {int(n): SlopeEstimate.from_dict(e) for n, e in tie["estimates"].items()}
+            first_seed = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
             actions = list(tie["actions"])
             by_number = {t.number: t for t in [base, *trials]}
             numbers = [base.number, *(int(n) for n in tie["contenders"])]
@@ -440,10 +441,8 @@ class GreedyStrategy(Strategy):
             )
             # The replicas decide between the two contenders only: the others' gains come from one seed
             # (and one parent reading), so they stay ranked where the first seed put them, below both.
-            stored = {int(n): SlopeEstimate.from_dict(e) for n, e in tie["estimates"].items()}
-            before = sorted(stored, key=lambda n: (-stored[n].slope, order[n]))
             top = sorted(numbers[1:], key=lambda n: (-estimates[n].slope, order[n]))
-            ranked = [*top, *(n for n in before if n not in top)]
+            ranked = [*top, *(n for n in first_seed if n not in top)]
             if estimates[top[0]].slope <= 0:  # neither gains on both seeds' mean: the first seed's order of the rest
                 ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
             overlap = None
