@@ -18,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from models import SegArch, SegModel, build_model, portable_state_dict
 from scaler.device import resolve_device
@@ -38,6 +38,7 @@ from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion,
 __all__ = [
     "INIT_MODES",
     "LOSSES",
+    "Checkpoint",
     "TrainConfig",
     "TrainResult",
     "cached_dataset",
@@ -172,6 +173,7 @@ class TrainResult:
     eval_seconds: float = 0.0
     device: str = "cpu"
     num_val_images: int = 0
+    rungs: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -230,6 +232,10 @@ def train_and_evaluate(
     val_set: SegmentationDataset | None = None,
     log: Callable[[str], None] | None = None,
     init_state: Mapping[str, torch.Tensor] | None = None,
+    until: int | None = None,
+    resume: Checkpoint | None = None,
+    checkpoint: str | Path | None = None,
+    eval_at: Sequence[int] = (),
 ) -> TrainResult:
     """Train ``arch`` with ``config`` and evaluate it on the validation split.
 
@@ -247,6 +253,15 @@ def train_and_evaluate(
         log: Receives one-line messages (e.g. when a run fails).
         init_state: Start from these weights (the model's ``state_dict`` keys, loaded strictly) instead
             of seeded ones; the seed still fixes the data order and augmentation.
+        until: Stop after this many iterations of the ``config.iters`` schedule (the learning rate
+            follows the whole schedule) and evaluate there: one rung of successive halving.
+            ``None``: the whole schedule.
+        resume: Go on from a :class:`Checkpoint` of the same architecture and recipe (weights, optimiser
+            state, position in the schedule and data stream): training to ``k`` and resuming to ``n``
+            gives the weights training straight to ``n`` gives.
+        checkpoint: Write a :class:`Checkpoint` of where training stopped to this file (atomically).
+        eval_at: Also evaluate at these iterations on the way (recorded in ``rungs``); evaluation
+            changes nothing of the training.
 
     Returns:
         A :class:`TrainResult`; ``status="failed"`` with ``reason`` for a non-finite loss, CUDA
@@ -257,15 +272,94 @@ def train_and_evaluate(
         TextEncoderError: A language-guided head's text encoder cannot embed the class names.
     """
     setup = _setup(arch, config, train_set, val_set)
+    span = _Span.of(config, until, resume, eval_at)
     with torch.random.fork_rng(devices=[setup.device] if setup.device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = _init_model(setup)
-        if init_state is not None:
+        if resume is not None:
+            model.load_state_dict(resume.state_dict)
+        elif init_state is not None:
             model.load_state_dict(init_state)
-        result = _fit_and_score(model, setup, progress)
+        result, state = _fit_and_score(model, setup, progress, span)
     if result.ok and save is not None:
         _save(save, model, setup.arch, config, result)
+    if result.ok and checkpoint is not None:
+        Checkpoint(
+            arch=setup.arch.to_dict(),
+            config=config.to_dict(),
+            iters_done=span.stop,
+            state_dict=portable_state_dict(model),
+            optimizer=state["optimizer"],
+            grad_scaler=state["grad_scaler"],
+            losses=state["losses"],
+        ).write(checkpoint)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """Where a training stopped mid-schedule, to go on from (:func:`train_and_evaluate` ``resume``).
+
+    Args:
+        arch, config: What was trained, with which recipe (a resume must match both).
+        iters_done: Iterations of the schedule done.
+        state_dict: The weights.
+        optimizer: The optimiser's state (SGD momentum buffers).
+        grad_scaler: The mixed-precision loss scaler's state.
+        losses: Every iteration's loss so far (the result's loss curve spans the whole schedule).
+    """
+
+    arch: dict[str, Any]
+    config: dict[str, Any]
+    iters_done: int
+    state_dict: Mapping[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    grad_scaler: dict[str, Any]
+    losses: list[float]
+
+    def write(self, path: str | Path) -> None:
+        """Save to ``path`` atomically (a reader never sees half a checkpoint)."""
+        with atomic_path(Path(path)) as tmp:
+            torch.save(dataclasses.asdict(self), tmp)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Checkpoint:
+        """Load a checkpoint written by :meth:`write`.
+
+        Raises:
+            ValueError: The file is not a checkpoint (damaged, or another kind of file).
+        """
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**{f.name: blob[f.name] for f in dataclasses.fields(cls)})
+        except Exception as e:  # a truncated file, a weights file, a pickle of something else
+            raise ValueError(f"{path} is not a training checkpoint: {type(e).__name__}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    """The part of the schedule one call trains: iterations ``[start, stop)``, evaluating at ``eval_at``."""
+
+    start: int
+    stop: int
+    eval_at: tuple[int, ...]
+    resume: Checkpoint | None
+
+    @classmethod
+    def of(cls, config: TrainConfig, until: int | None, resume: Checkpoint | None, eval_at: Sequence[int]) -> _Span:
+        """Raises:
+        ValueError: ``until`` outside the schedule, or a checkpoint of another recipe or past ``until``."""
+        stop = config.iters if until is None else until
+        if not 1 <= stop <= config.iters:
+            raise ValueError(f"until must be 1 to iters ({config.iters}), got {until}")
+        start = 0
+        if resume is not None:
+            if resume.config != config.to_dict():
+                raise ValueError("the checkpoint was trained with another recipe; it cannot be resumed with this one")
+            start = resume.iters_done
+            if not 0 < start < stop:
+                raise ValueError(f"the checkpoint stopped at iteration {start}; nothing to train up to {stop}")
+        return cls(start, stop, tuple(sorted(k for k in set(eval_at) if start < k < stop)), resume)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,15 +424,17 @@ def _init_model(setup: _Setup) -> SegModel:
     return model
 
 
-def _loader(setup: _Setup) -> DataLoader:
-    """The training batches: the same images, augmentations and order for every architecture."""
+def _loader(setup: _Setup, span: _Span) -> DataLoader:
+    """The training batches: the same images, augmentations and order for every architecture; a span
+    of the schedule gets the batches of its iterations (sample ``k`` depends on the seed and ``k`` alone)."""
     config = setup.config
     aug = AugmentConfig(
         crop=config.crop, base_size=config.eval_size, scale=config.scale, flip=config.flip, jitter=config.jitter
     )
     stream = TrainStream(setup.train_set, aug, config.iters * config.batch, config.seed)
+    samples = Subset(stream, range(span.start * config.batch, span.stop * config.batch))
     return DataLoader(
-        stream,
+        samples,
         batch_size=config.batch,
         shuffle=False,
         num_workers=config.workers,
@@ -348,23 +444,26 @@ def _loader(setup: _Setup) -> DataLoader:
     )
 
 
-def _fit_and_score(model: SegModel, setup: _Setup, progress: bool | None) -> TrainResult:
-    """Train ``model``, then evaluate it; a failure along the way is a failed result that says why."""
+def _fit_and_score(
+    model: SegModel, setup: _Setup, progress: bool | None, span: _Span
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train ``model`` over ``span``, then evaluate it; a failure along the way is a failed result that says why.
+
+    Returns:
+        The result, and where the training stopped (optimiser and loss-scaler state, every loss so
+        far) for a :class:`Checkpoint`.
+    """
     config = setup.config
-    loader = _loader(setup)
+    loader = _loader(setup, span)
+    earlier = list(span.resume.losses) if span.resume is not None else []
     losses: list[float] = []
     fields: dict[str, Any] = {"device": str(setup.device)}
-    bar = _progress(config.iters, progress, f"train {setup.arch.arch_hash()}")
-    t_start = time.perf_counter()
-    try:
-        # Moving a large network can run out of GPU memory too: a failed result, like the steps.
-        model.to(setup.device)
-        if setup.channels_last:
-            model.to(memory_format=torch.channels_last)
-        data_time = _train(model, setup, loader, losses, bar)
-        fields.update(_train_stats(losses, config.batch, data_time, time.perf_counter() - t_start))
-        t_eval = time.perf_counter()
-        conf, seen = evaluate(
+    bar = _progress(span.stop - span.start, progress, f"train {setup.arch.arch_hash()}")
+    state: dict[str, Any] = {}
+    rungs: list[dict[str, float]] = []
+
+    def score() -> tuple[torch.Tensor, int]:
+        return evaluate(
             model,
             setup.val_set,
             eval_size=config.eval_size,
@@ -374,43 +473,78 @@ def _fit_and_score(model: SegModel, setup: _Setup, progress: bool | None) -> Tra
             channels_last=setup.channels_last,
             amp=setup.amp,
         )
+
+    midway_s = [0.0]  # evaluations on the way are not training time
+
+    def midway(iters_done: int) -> None:
+        t = time.perf_counter()
+        conf, _ = score()
+        rungs.append({"iters": iters_done, "miou": scores(conf, setup.train_set.info.class_names)["miou"]})
+        model.train()
+        midway_s[0] += time.perf_counter() - t
+
+    t_start = time.perf_counter()
+    try:
+        # Moving a large network can run out of GPU memory too: a failed result, like the steps.
+        model.to(setup.device)
+        if setup.channels_last:
+            model.to(memory_format=torch.channels_last)
+        data_time = _train(model, setup, loader, losses, bar, span, state, midway)
+        seconds = time.perf_counter() - t_start - midway_s[0]
+        fields.update(_train_stats(earlier, losses, config.batch, data_time, seconds))
+        t_eval = time.perf_counter()
+        conf, seen = score()
         fields["eval_seconds"] = time.perf_counter() - t_eval
     except _Diverged as e:
-        return _failed(str(e), setup, fields, iters_done=e.iters_done, loss_curve=_curve_summary(losses))
+        failed = _failed(str(e), setup, fields, iters_done=e.iters_done, loss_curve=_curve_summary(earlier + losses))
+        return failed, state
     except DataError as e:
-        return _failed(f"bad data: {e}", setup, fields, iters_done=len(losses))
+        return _failed(f"bad data: {e}", setup, fields, iters_done=span.start + len(losses)), state
     except torch.cuda.OutOfMemoryError:
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
-        return _failed(
+        reason = (
             f"CUDA out of memory at batch {config.batch}, crop {config.crop[0]}x{config.crop[1]} "
-            f"(iteration {len(losses) + 1}); lower --batch or --crop",
-            setup,
-            fields,
-            iters_done=len(losses),
+            f"(iteration {span.start + len(losses) + 1}); lower --batch or --crop"
         )
+        return _failed(reason, setup, fields, iters_done=span.start + len(losses)), state
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a candidate that breaks is recorded, and the search goes on
         first = (str(e).strip().splitlines() or [""])[0]
-        return _failed(f"{type(e).__name__}: {first}", setup, fields, iters_done=len(losses))
+        return _failed(f"{type(e).__name__}: {first}", setup, fields, iters_done=span.start + len(losses)), state
     finally:
         if bar is not None:
             bar.close()
-    return TrainResult(
+    state["losses"] = earlier + losses
+    measured = scores(conf, setup.train_set.info.class_names)
+    rungs.append({"iters": span.stop, "miou": measured["miou"]})
+    result = TrainResult(
         status="ok",
         reason=None,
         arch=setup.arch.to_dict(),
         config=config.to_dict(),
         num_val_images=seen,
-        **scores(conf, setup.train_set.info.class_names),
+        rungs=rungs,
+        **measured,
         **fields,
     )
+    return result, state
 
 
-def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[float], bar: Any) -> float:
-    """The optimisation steps; each step's loss is appended to ``losses`` as it comes (a failure
-    mid-run still knows how far it got). Returns the seconds spent waiting for data.
+def _train(
+    model: SegModel,
+    setup: _Setup,
+    loader: DataLoader,
+    losses: list[float],
+    bar: Any,
+    span: _Span,
+    state: dict[str, Any],
+    midway: Callable[[int], None],
+) -> float:
+    """The optimisation steps of ``span``; each step's loss is appended to ``losses`` as it comes (a failure
+    mid-run still knows how far it got), ``midway(k)`` is called after step ``k`` of ``span.eval_at``, and
+    the optimiser's and loss scaler's states are left in ``state``. Returns the seconds spent waiting for data.
 
     Raises:
         _Diverged: The loss became NaN or infinite.
@@ -422,10 +556,13 @@ def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[floa
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    if span.resume is not None:
+        optimizer.load_state_dict(span.resume.optimizer)
+        scaler.load_state_dict(span.resume.grad_scaler)
     model.train()
     data_time = 0.0
     t_data = time.perf_counter()
-    for it, (x, y) in enumerate(loader):
+    for it, (x, y) in enumerate(loader, start=span.start):
         data_time += time.perf_counter() - t_data
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -450,7 +587,11 @@ def _train(model: SegModel, setup: _Setup, loader: DataLoader, losses: list[floa
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        if it + 1 in span.eval_at:
+            midway(it + 1)
         t_data = time.perf_counter()
+    state["optimizer"] = optimizer.state_dict()
+    state["grad_scaler"] = scaler.state_dict()
     return data_time
 
 
@@ -498,14 +639,18 @@ def ohem_cross_entropy(
     return hard.mean()
 
 
-def _train_stats(losses: list[float], batch: int, data_time: float, train_seconds: float) -> dict[str, Any]:
-    """The loss summary and throughput of a finished training."""
+def _train_stats(
+    earlier: list[float], losses: list[float], batch: int, data_time: float, train_seconds: float
+) -> dict[str, Any]:
+    """The loss summary of the whole schedule so far (``earlier``: before a resume) and the throughput of
+    this call's ``losses``."""
+    every = earlier + losses
     return {
-        "iters_done": len(losses),
-        "loss_first": losses[0],
-        "loss_last": float(np.mean(losses[-max(1, len(losses) // 10) :])),
-        "loss_min": min(losses),
-        "loss_curve": _curve_summary(losses),
+        "iters_done": len(every),
+        "loss_first": every[0],
+        "loss_last": float(np.mean(every[-max(1, len(every) // 10) :])),
+        "loss_min": min(every),
+        "loss_curve": _curve_summary(every),
         "images_per_s": len(losses) * batch / train_seconds,
         "data_time_share": data_time / train_seconds,
         "train_seconds": train_seconds,

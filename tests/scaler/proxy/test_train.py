@@ -12,6 +12,7 @@ from models import HeadConfig, LPSNet, LPSNetArch, get_arch, save_embeddings
 from scaler.errors import UserError
 from scaler.proxy.augment import AugmentConfig, TrainStream, colour_jitter, resize_pair
 from scaler.proxy.train import (
+    Checkpoint,
     TrainConfig,
     confusion_matrix,
     evaluate,
@@ -293,3 +294,53 @@ def test_a_training_with_ohem_runs_records_its_loss_and_parts_from_plain_cross_e
     # the network is sure of some pixels they drop out of OHEM's mean, and the curves part.
     assert hard.loss_first == pytest.approx(plain.loss_first)
     assert hard.loss_curve[1:] != pytest.approx(plain.loss_curve[1:])
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_in_rungs_resumed_from_checkpoints_equals_training_straight_through(tmp_path):
+    """Successive halving trains a candidate to a rung, keeps a checkpoint, and goes on later: the weights,
+    loss curve and mIoU at the end are those of one uninterrupted run (same data, LR position, momentum)."""
+    config = _config(iters=24)
+    kw = dict(progress=False, train_set=Stripes(), val_set=Stripes(n=6, seed=99))
+    straight = train_and_evaluate(SMALL_NET, config, save=tmp_path / "straight.pt", eval_at=(6, 12), **kw)
+    assert straight.ok, straight.reason
+    first = train_and_evaluate(SMALL_NET, config, until=6, checkpoint=tmp_path / "c6.pt", **kw)
+    assert first.ok and first.iters_done == 6 and [r["iters"] for r in first.rungs] == [6]
+    c6 = Checkpoint.read(tmp_path / "c6.pt")
+    assert c6.iters_done == 6 and len(c6.losses) == 6
+    second = train_and_evaluate(SMALL_NET, config, until=12, resume=c6, checkpoint=tmp_path / "c12.pt", **kw)
+    third = train_and_evaluate(
+        SMALL_NET, config, resume=Checkpoint.read(tmp_path / "c12.pt"), save=tmp_path / "rungs.pt", **kw
+    )
+    assert third.ok and third.iters_done == 24
+    # The evaluations on the way change nothing: each rung's mIoU is the straight run's at that point.
+    assert [r["miou"] for r in straight.rungs] == [first.miou, second.miou, straight.miou]
+    assert [r["iters"] for r in straight.rungs] == [6, 12, 24]
+    assert third.miou == straight.miou
+    assert third.loss_curve == straight.loss_curve and third.loss_first == straight.loss_first
+    a = torch.load(tmp_path / "straight.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "rungs.pt", weights_only=True)["state_dict"]
+    assert _weights_equal(a, b)
+    # Without the optimiser's momentum the run parts from the straight one: the checkpoint carries it.
+    bare = dataclasses.replace(c6, optimizer={"state": {}, "param_groups": c6.optimizer["param_groups"]})
+    other = train_and_evaluate(SMALL_NET, config, resume=bare, save=tmp_path / "bare.pt", **kw)
+    assert not _weights_equal(a, torch.load(tmp_path / "bare.pt", weights_only=True)["state_dict"])
+    assert other.ok
+
+
+def test_a_checkpoint_resumes_only_its_own_recipe_and_a_damaged_one_says_so(tmp_path):
+    kw = dict(progress=False, train_set=Stripes(), val_set=Stripes(n=6, seed=99))
+    train_and_evaluate(SMALL_NET, _config(iters=12), until=4, checkpoint=tmp_path / "c.pt", **kw)
+    c = Checkpoint.read(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="another recipe"):
+        train_and_evaluate(SMALL_NET, _config(iters=12, lr=0.01), resume=c, **kw)
+    with pytest.raises(ValueError, match="stopped at iteration 4; nothing to train up to 4"):
+        train_and_evaluate(SMALL_NET, _config(iters=12), until=4, resume=c, **kw)
+    with pytest.raises(ValueError, match="until must be 1 to iters"):
+        train_and_evaluate(SMALL_NET, _config(iters=12), until=13, **kw)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a training checkpoint"):
+        Checkpoint.read(tmp_path / "bad.pt")
