@@ -64,6 +64,13 @@ class Attr:
     OWNER = "owner"
     HEARTBEAT = "heartbeat"
     STOPPED = "stopped"
+    TRAIN_UNTIL = "train_until"
+    EVAL_AT = "eval_at"
+    CHECKPOINT = "checkpoint_artifact"
+    RUNGS = "rungs"
+    PAUSED = "paused"
+    PRUNED = "pruned"
+    CHECKPOINT_LOST = "checkpoint_lost"
 
     # Written for every proposal, ``None`` included (readers of old runs may expect the key).
     CORE = (STEP, PARENT, OPERATORS, STEPLEN, STRATEGY)
@@ -151,6 +158,17 @@ class TrialRecord:
         heartbeat: The worker's last sign of life (seconds since the epoch).
         stopped: The signal (``SIGINT``, ``SIGTERM``) that stopped its worker mid-evaluation; the
             trial then ended FAIL and a copy was queued again (:mod:`scaler.search.stops`).
+        train_until: Successive halving: train up to this iteration of the schedule, then pause
+            (``None``: the whole schedule).
+        eval_at: Also evaluate at these iterations on the way (a step's parent and control, whose
+            mIoUs at each rung are what the rung's candidates are compared with).
+        checkpoint_artifact: The artifact id of the checkpoint a paused trial goes on from.
+        rungs: The mIoU at each rung it reached (``iters``, ``miou``, ``train_seconds``); also the
+            trial's Optuna intermediate values.
+        paused: Trained to a rung and waiting for the step's halving decision (WAITING, not claimed).
+        pruned: Why successive halving stopped it (the trial is PRUNED).
+        checkpoint_lost: Why the checkpoint it was to go on from could not be read (it trained again from
+            its start instead).
         extra: Stored keys this record does not know, kept as they are.
         arch_hash: Stored hash of ``arch`` (computed when not given).
         number: Trial number in the study.
@@ -184,6 +202,13 @@ class TrialRecord:
     owner: Mapping[str, Any] | None = None
     heartbeat: float | None = None
     stopped: str | None = None
+    train_until: int | None = None
+    eval_at: tuple[int, ...] = ()
+    checkpoint_artifact: str | None = None
+    rungs: tuple[Mapping[str, Any], ...] = ()
+    paused: bool = False
+    pruned: str | None = None
+    checkpoint_lost: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     arch_hash: str = ""
     number: int | None = None
@@ -194,6 +219,8 @@ class TrialRecord:
         if not self.arch_hash:
             object.__setattr__(self, "arch_hash", self.arch.arch_hash())
         object.__setattr__(self, "operators", tuple(self.operators))
+        object.__setattr__(self, "eval_at", tuple(self.eval_at))
+        object.__setattr__(self, "rungs", tuple(self.rungs))
 
     # -- what it is ----------------------------------------------------------------------------
 
@@ -239,7 +266,17 @@ class TrialRecord:
 
     @property
     def pending(self) -> bool:
-        return self.state in (TrialState.WAITING, TrialState.RUNNING)
+        """Queued or training; a trial paused at a rung waits for the strategy, not for a worker."""
+        return self.state in (TrialState.WAITING, TrialState.RUNNING) and not self.paused
+
+    @property
+    def miou_by_iters(self) -> dict[int, float]:
+        """The mIoU measured at each iteration it was evaluated at (rungs, and the end of a complete trial)."""
+        out = {int(r["iters"]): float(r["miou"]) for r in self.rungs if r.get("miou") is not None}
+        done = int_or_none((self.train or {}).get("iters_done"))
+        if self.miou is not None and done is not None:
+            out[done] = self.miou
+        return out
 
     @property
     def complete(self) -> bool:
@@ -339,6 +376,13 @@ class TrialRecord:
             Attr.OWNER: None if self.owner is None else dict(self.owner),
             Attr.HEARTBEAT: self.heartbeat,
             Attr.STOPPED: self.stopped,
+            Attr.TRAIN_UNTIL: self.train_until,
+            Attr.EVAL_AT: list(self.eval_at) if self.eval_at else None,
+            Attr.CHECKPOINT: self.checkpoint_artifact,
+            Attr.RUNGS: [dict(r) for r in self.rungs] if self.rungs else None,
+            Attr.PAUSED: True if self.paused else None,
+            Attr.PRUNED: self.pruned,
+            Attr.CHECKPOINT_LOST: self.checkpoint_lost,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         out.update({k: v for k, v in self.extra.items() if k not in out})
@@ -386,6 +430,14 @@ class TrialRecord:
             owner=a.get(Attr.OWNER),
             heartbeat=_float(a.get(Attr.HEARTBEAT)),
             stopped=a.get(Attr.STOPPED) if isinstance(a.get(Attr.STOPPED), str) else None,
+            train_until=int_or_none(a.get(Attr.TRAIN_UNTIL)),
+            eval_at=tuple(int(k) for k in a.get(Attr.EVAL_AT) or ()),
+            checkpoint_artifact=a.get(Attr.CHECKPOINT),
+            rungs=tuple(r for r in a.get(Attr.RUNGS) or () if isinstance(r, Mapping)),
+            # Only a WAITING trial is paused; a stopped one keeps the mark it had when it was stopped.
+            paused=bool(a.get(Attr.PAUSED, False)) and state in (None, TrialState.WAITING),
+            pruned=a.get(Attr.PRUNED) if isinstance(a.get(Attr.PRUNED), str) else None,
+            checkpoint_lost=a.get(Attr.CHECKPOINT_LOST) if isinstance(a.get(Attr.CHECKPOINT_LOST), str) else None,
             extra={k: v for k, v in a.items() if k not in _KNOWN},
             arch_hash=str(a.get(Attr.ARCH_HASH) or ""),
             number=number,
@@ -417,20 +469,31 @@ class TrialRecord:
             weights_artifact=None,
             inherited=None,
             stopped=None,
+            train_until=None,
+            eval_at=(),
+            checkpoint_artifact=None,
+            rungs=(),
+            paused=False,
+            pruned=None,
             number=None,
             state=None,
             values=None,
         )
 
     def requeued(self, number: int) -> TrialRecord:
-        """A fresh copy of this record to queue again after trial ``number``'s worker died or was stopped."""
+        """A fresh copy of this record to queue again after trial ``number``'s worker died or was stopped.
+
+        A trial of successive halving keeps its rungs and the checkpoint it resumes from (and so where
+        its first weights came from): the copy trains on from the last rung reached, not from the start.
+        """
         return dataclasses.replace(
             self,
             owner=None,
             heartbeat=None,
             fail_reason=None,
             weights_artifact=None,
-            inherited=None,
+            inherited=self.inherited if self.checkpoint_artifact is not None else None,
+            paused=False,
             stopped=None,
             retry_of=number,
             number=None,

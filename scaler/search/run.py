@@ -418,6 +418,12 @@ def _loop(
             for p in decision.proposals:
                 _queue(store, strat, p, ctx, dists, budget, log)
             continue
+        if decision.kind == "advance":
+            for number, reason in decision.prune.items():
+                store.prune(number, reason)
+            for number, until in decision.resume.items():
+                store.resume(number, until)
+            continue
         if workers == 0:
             claim = store.claim()
             if claim is not None:

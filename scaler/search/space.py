@@ -79,6 +79,13 @@ class GreedySettings:
             after ``max_paired_rounds``, both contenders and the step's parent are trained again with
             this seed, and their mean mIoU over the two seeds decides. ``None`` (the default): the
             point estimate decides, and the step is recorded as not sure.
+        halving: Successive halving within a step: every candidate trains the first rung of the
+            schedule, the better half by slope (against the parent, or the control, at the same
+            iteration) goes on to the next rung, until one remains or the whole schedule is spent;
+            the others are stopped (Optuna's PRUNED) with their rung mIoUs kept as the trial's
+            intermediate values. Off (``false``) by default.
+        halving_rungs: How many rungs the schedule is cut into: iterations ``iters / 2^(rungs-1)``,
+            ..., ``iters / 2``, ``iters`` (3: a quarter, a half, all of it).
 
     The paired options are left out of :meth:`to_dict` while at their defaults, so the stored space
     of a run made before they existed reads the same (it resumes unchanged).
@@ -91,6 +98,8 @@ class GreedySettings:
     confidence: float = 0.9
     probe_rounds: int = 5
     tie_seed: int | None = None
+    halving: bool = False
+    halving_rungs: int = 3
 
     def __post_init__(self) -> None:
         if self.max_steplen < 1:
@@ -110,6 +119,14 @@ class GreedySettings:
             )
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence must be in [0.5, 1), such as 0.9; got {self.confidence}")
+        if not isinstance(self.halving, bool):
+            raise ValueError(f"halving must be true or false, got {self.halving!r}")
+        if not 2 <= self.halving_rungs <= 8:
+            raise ValueError(f"halving_rungs must be 2 to 8, got {self.halving_rungs}")
+
+    def rung_iters(self, iters: int) -> tuple[int, ...]:
+        """The iterations each rung of successive halving ends at, for a schedule of ``iters``."""
+        return tuple(iters >> (self.halving_rungs - 1 - j) for j in range(self.halving_rungs))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form; the options added with paired measurement only when set to another value."""
@@ -120,7 +137,16 @@ class GreedySettings:
         return out
 
 
-_PAIRED_OPTIONS = ("paired_rounds", "max_paired_rounds", "confidence", "probe_rounds", "tie_seed")
+# Left out of the stored space at their defaults: runs made before them resume unchanged.
+_PAIRED_OPTIONS = (
+    "paired_rounds",
+    "max_paired_rounds",
+    "confidence",
+    "probe_rounds",
+    "tie_seed",
+    "halving",
+    "halving_rungs",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +314,12 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     )
     stopping = _section(Stopping, data.get("stopping"), "stopping", fail)
     greedy = _section(GreedySettings, data.get("greedy"), "greedy", fail)
+    if greedy.halving and greedy.rung_iters(training.iters)[0] < 1:
+        raise fail(
+            "greedy.halving_rungs",
+            f"{greedy.halving_rungs} rungs cut training.iters ({training.iters}) below one iteration per rung; "
+            f"use fewer rungs or more iterations (at least {2 ** (greedy.halving_rungs - 1)})",
+        )
     description = data.get("description", "")
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {description!r}")

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +322,8 @@ class RunStore:
             user_attrs=jsonable(record.to_user_attrs()),
             # A trial recorded untrained is finished now: its constraint goes with it or never.
             system_attrs=self.constraint_attrs(record.latency_ms) if state == TrialState.FAIL else {},
+            # A re-queued trial of successive halving keeps the rungs it reached as its intermediate values.
+            intermediate_values={int(r["iters"]): float(r["miou"]) for r in record.rungs},
         )
         self.study.add_trial(trial)
         return self.study.get_trials(deepcopy=False)[-1].number
@@ -343,6 +345,8 @@ class RunStore:
         """
         for t in self.storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,)):
             if number is not None and t.number != number:
+                continue
+            if t.user_attrs.get(Attr.PAUSED):  # at a rung, waiting for the strategy's halving decision
                 continue
             try:
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
@@ -399,6 +403,59 @@ class RunStore:
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
             return False
         return True
+
+    def report(self, claim: Claim, rungs: Sequence[Mapping[str, Any]]) -> None:
+        """Record each rung's mIoU as the trial's Optuna intermediate value at its iteration."""
+        for r in rungs:
+            self.storage.set_trial_intermediate_value(claim.trial_id, int(r["iters"]), float(r["miou"]))
+
+    def pause(self, claim: Claim, attrs: dict[str, Any]) -> bool:
+        """Put a trial trained to a rung back in the queue, paused (WAITING, but no worker claims it) until
+        the strategy resumes or prunes it (:meth:`resume`, :meth:`prune`).
+
+        Returns:
+            ``False`` if the trial was already finished (reaped as dead meanwhile).
+        """
+        try:
+            self._set_attrs(claim, {**attrs, Attr.PAUSED: True}, {})
+            return self.storage.set_trial_state_values(claim.trial_id, state=TrialState.WAITING)
+        except UpdateFinishedTrialError:
+            return False
+
+    def resume(self, number: int, until: int | None) -> bool:
+        """Let a paused trial be claimed again, to train up to ``until`` (``None``: the whole schedule).
+
+        Returns:
+            Whether it was paused (a second call, after a resumed search replays its decision, does nothing).
+        """
+        t = self._waiting(number)
+        if t is None or not t.user_attrs.get(Attr.PAUSED):
+            return False
+        self.storage.set_trial_user_attr(t._trial_id, Attr.TRAIN_UNTIL, until)
+        self.storage.set_trial_user_attr(t._trial_id, Attr.PAUSED, False)  # last: from here on a worker may take it
+        return True
+
+    def prune(self, number: int, reason: str) -> bool:
+        """Stop a paused trial for good (Optuna's PRUNED), saying why; its intermediate values stay.
+
+        Returns:
+            Whether it was paused (``False``: already pruned, or not a paused trial).
+        """
+        t = self._waiting(number)
+        if t is None or not t.user_attrs.get(Attr.PAUSED):
+            return False
+        self.storage.set_trial_user_attr(t._trial_id, Attr.PRUNED, reason)
+        # It keeps its paused mark (cleared first, a worker could claim it before it is PRUNED).
+        try:
+            return self.storage.set_trial_state_values(t._trial_id, state=TrialState.PRUNED)
+        except UpdateFinishedTrialError:
+            return False
+
+    def _waiting(self, number: int) -> FrozenTrial | None:
+        for t in self.storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            if t.number == number:
+                return t
+        return None
 
     def _set_attrs(self, claim: Claim, user: dict[str, Any], system: dict[str, Any]) -> None:
         for key, value in user.items():

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from optuna.artifacts import download_artifact
+
 from models import GrowthError
-from scaler.proxy.train import TrainConfig, train_and_evaluate
+from scaler.proxy.train import Checkpoint, TrainConfig, TrainResult, train_and_evaluate
 from scaler.search.inherit import InheritError, artifact_store, inherited_state, keep_weights
-from scaler.search.record import Attr
+from scaler.search.record import Attr, TrialRecord
 from scaler.search.run_folder import JOURNAL_NAME
 from scaler.search.space import space_from_dict
 from scaler.search.stops import Stopped, mark_stopped, stop_on_signals
@@ -65,30 +67,63 @@ def evaluate_claim(
     if record.recipe:  # a retrain: its own schedule (checked when it was queued)
         training = dataclasses.replace(training, **{k: record.recipe[k] for k in RECIPE_KEYS if k in record.recipe})
     inherit = training.init == "inherit"
+    halving = record.train_until is not None or record.checkpoint_artifact is not None or bool(record.eval_at)
     attrs: dict[str, Any] = {}
     init_state = None
     with contextlib.ExitStack() as stack:
-        artifacts = artifact_store(run_dir) if inherit and run_dir is not None else None
-        if inherit and artifacts is None:
-            return _fail(
-                store, claim, "inherited training needs the run folder: start the worker with --run-dir RUN", log
-            )
-        if inherit and record.inherit_from is not None:
+        artifacts = artifact_store(run_dir) if (inherit or halving) and run_dir is not None else None
+        if (inherit or halving) and artifacts is None:
+            what = "inherited training" if inherit else "successive halving"
+            return _fail(store, claim, f"{what} needs the run folder: start the worker with --run-dir RUN", log)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trial-")))
+        resume = None
+        if record.checkpoint_artifact is not None:
+            assert artifacts is not None
+            resume, lost = _fetch_checkpoint(record.checkpoint_artifact, artifacts, tmp / "resume.pt")
+            if lost is not None:  # trained again from its start up to this rung: the same result, later
+                attrs[Attr.CHECKPOINT_LOST] = lost
+                log(f"trial #{claim.number}: {lost}; training it again from the start")
+        if inherit and record.inherit_from is not None and resume is None:
             try:
                 init_state, attrs[Attr.INHERITED] = inherited_state(store, record, artifacts, seed=claim.number)
             except (InheritError, GrowthError) as e:
                 return _fail(store, claim, str(e), log)
+        until = record.train_until if record.train_until is not None and record.train_until < training.iters else None
         kept = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
-        save = kept
-        if (
-            save is None and artifacts is not None
-        ):  # every trained trial may become a parent: its weights go to the store
-            save = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weights-"))) / "weights.pt"
+        save = kept if until is None else None
+        if save is None and artifacts is not None and until is None:
+            # every trained trial may become a parent: its weights go to the store
+            save = tmp / "weights.pt"
+        checkpoint = tmp / "checkpoint.pt" if until is not None else None
         with store.heartbeat(claim):
-            result = train_and_evaluate(claim.arch, training, progress=progress, save=save, init_state=init_state)
+            result = train_and_evaluate(
+                claim.arch,
+                training,
+                progress=progress,
+                save=save,
+                init_state=init_state,
+                until=until,
+                resume=resume,
+                checkpoint=checkpoint,
+                eval_at=record.eval_at,
+            )
         if artifacts is not None and save is not None and result.ok:
             attrs[Attr.WEIGHTS_ARTIFACT] = keep_weights(store, claim, save, artifacts)
+        if artifacts is not None and checkpoint is not None and result.ok:
+            attrs[Attr.CHECKPOINT] = keep_weights(store, claim, checkpoint, artifacts)
     attrs[Attr.TRAIN] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
+    if halving and result.ok:
+        rungs = _rungs(record, result)
+        attrs[Attr.RUNGS] = rungs
+        store.report(claim, rungs)
+        attrs[Attr.TRAIN]["train_seconds"] = sum(float(r.get("train_seconds") or 0.0) for r in rungs)
+        if until is not None:
+            ok = store.pause(claim, attrs)
+            log(
+                f"trial #{claim.number} {claim.arch.inline()}: mIoU {100 * float(result.miou or 0):.2f} after {until} "
+                f"of {training.iters} iterations; paused for the step's halving decision"
+            )
+            return ok
     if kept is not None and result.ok:
         # Relative to the run folder when it is inside it (the schema), else where the worker put it.
         inside = run_dir is not None and kept.resolve().is_relative_to(run_dir.resolve())
@@ -99,6 +134,28 @@ def evaluate_claim(
         log(f"trial #{claim.number} {claim.arch.inline()}: mIoU {100 * result.miou:.2f} at {latency:.2f} ms")
         return ok
     return _fail(store, claim, result.reason or "no latency recorded", log, attrs)
+
+
+def _fetch_checkpoint(artifact_id: str, artifacts: Any, path: Path) -> tuple[Checkpoint | None, str | None]:
+    """The checkpoint a paused trial goes on from, or ``None`` and why it cannot be had."""
+    try:
+        download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=artifact_id)
+        return Checkpoint.read(path), None
+    except Exception as e:  # a deleted or damaged file, a store that cannot be reached
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None, f"its checkpoint {artifact_id} cannot be read ({first})"
+
+
+def _rungs(record: TrialRecord, result: TrainResult) -> list[dict[str, Any]]:
+    """Every rung the trial has reached: those of earlier claims and this training's, the last with this
+    training's seconds (each rung's own cost). A trial trained again from its start (its checkpoint lost)
+    keeps the rungs measured before: training is deterministic, they are the ones it passed again."""
+    earlier = [dict(r) for r in record.rungs]
+    reached = max((int(r["iters"]) for r in earlier), default=0)
+    new = [{"iters": int(r["iters"]), "miou": float(r["miou"])} for r in result.rungs if int(r["iters"]) > reached]
+    if new:
+        new[-1]["train_seconds"] = round(float(result.train_seconds), 3)
+    return earlier + new
 
 
 # What a trial's recipe may replace of the space's training settings.

@@ -40,15 +40,19 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """``propose`` (evaluate ``proposals``), ``wait`` (pending trials must finish), or ``done`` (``reason``).
+    """``propose`` (evaluate ``proposals``), ``wait`` (pending trials must finish), ``done`` (``reason``), or
+    ``advance``: successive halving's verdict on trials paused at a rung (``resume`` maps a trial number to
+    the iteration it trains up to next, ``None`` for the whole schedule; ``prune`` to why it stops).
 
     A proposal is a :class:`TrialRecord` without a number: the architecture and what its trial
     carries (step, parent, operators, and the latency when the strategy measured it already).
     """
 
-    kind: Literal["propose", "wait", "done"]
+    kind: Literal["propose", "wait", "done", "advance"]
     proposals: tuple[TrialRecord, ...] = ()
     reason: str = ""
+    resume: Mapping[int, int | None] = dataclasses.field(default_factory=dict)
+    prune: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def propose(cls, proposals: Sequence[TrialRecord]) -> Decision:
@@ -61,6 +65,10 @@ class Decision:
     @classmethod
     def done(cls, reason: str) -> Decision:
         return cls("done", reason=reason)
+
+    @classmethod
+    def advance(cls, resume: Mapping[int, int | None], prune: Mapping[int, str]) -> Decision:
+        return cls("advance", resume=dict(resume), prune=dict(prune))
 
 
 class MeasureLatency(Protocol):

@@ -59,6 +59,7 @@ from scaler.search.strategies.greedy_steps import (
     StepPlan,
     TargetCheck,
 )
+from scaler.search.strategies.halving import halving_stage, rung_verdicts
 
 __all__ = [
     "OUTLIER_RATIO",
@@ -124,8 +125,12 @@ class GreedyStrategy(Strategy):
         history = search_trials(history)
         latest = latest_by_hash(history)
         start_hash = sp.start.arch_hash()
+        # With successive halving, a step's parent and control are evaluated at every rung on their way:
+        # the step's candidates at a rung are compared with them at the same iteration.
+        rungs = sp.greedy.rung_iters(sp.training.iters) if sp.greedy.halving else ()
         if start_hash not in latest:
-            return Decision.propose([TrialRecord(sp.start, strategy=self.name, step=0, parent=None, steplen=0)])
+            start = TrialRecord(sp.start, strategy=self.name, step=0, parent=None, steplen=0, eval_at=rungs[:-1])
+            return Decision.propose([start])
         parent = latest[start_hash]
         if not parent.complete:
             return Decision.done(f"the start network failed: {parent.fail_reason or 'unknown reason'}")
@@ -160,6 +165,7 @@ class GreedyStrategy(Strategy):
                     target_ms=plan.target_ms,
                     latency=c.latency,
                     inherit_from=parent.number if inherit else None,
+                    train_until=rungs[0] if rungs and len(plan.candidates) > 1 else None,
                 )
                 for c in plan.candidates
                 if c.arch_hash not in latest
@@ -176,6 +182,7 @@ class GreedyStrategy(Strategy):
                         latency=parent.latency,
                         inherit_from=parent.number,
                         control_of=parent.number,
+                        eval_at=rungs[:-1],
                     )
                 )
             if missing:
@@ -186,6 +193,10 @@ class GreedyStrategy(Strategy):
                 control = controls.get(parent.number) if inherit else None
                 if control is not None and control.complete:
                     base = control
+                if rungs:
+                    advance = halving_stage(step, parent, base, plan, latest, rungs, sp.greedy.noise_floor_ms, ctx)
+                    if advance is not None:
+                        return advance
                 decided = self._decide(step, parent, base, plan, latest, replicas, ctx)
                 if not isinstance(decided, StepDecision):
                     return Decision.propose(decided)
@@ -448,7 +459,7 @@ class GreedyStrategy(Strategy):
             overlap = None
             if len(ranked) >= 2 and estimates[ranked[0]].slope > 0:
                 overlap = estimates[ranked[0]].overlap(estimates[ranked[1]])
-        actions = [*proxy_warnings(trials), *actions]
+        actions = [*proxy_warnings(trials), *(v.line() for v in rung_verdicts(step, ctx)), *actions]
         slopes = {t.number: (estimates[t.number].slope if t.number in estimates else None) for t in trials}
         winner = None
         if not ranked:
@@ -479,7 +490,7 @@ class GreedyStrategy(Strategy):
         rows = []
         for t in trials:
             e = estimates.get(t.number)  # type: ignore[arg-type]
-            numbers = "mIoU failed"
+            numbers = _stopped_text(t) if t.pruned else "mIoU failed"
             if e is not None:
                 numbers = (
                     f"{_signed_interval(e)} ms, "
@@ -547,9 +558,10 @@ class GreedyStrategy(Strategy):
         rows = []
         for t in trials:
             slope = sel.slopes.get(t.number)
+            miou = _stopped_text(t) if t.pruned else f"mIoU {'failed' if t.miou is None else f'{100 * t.miou:.2f}'}"
             rows.append(
                 f"#{t.number} {'+'.join(t.operators)} x{t.steplen}: "
-                f"{t.latency_ms:.2f} ms, mIoU {'failed' if t.miou is None else f'{100 * t.miou:.2f}'}, "
+                f"{t.latency_ms:.2f} ms, {miou}, "
                 f"slope {'-' if slope is None else f'{100 * slope:.4g} points/ms'}"
             )
         ctx.log(f"step {step} decided: " + "; ".join(rows))
@@ -557,7 +569,7 @@ class GreedyStrategy(Strategy):
             f"step {step} winner: "
             + (f"#{sel.winner} ({sel.reason})" if sel.winner is not None else f"none ({sel.reason})")
         )
-        warnings = proxy_warnings(trials)
+        warnings = [*proxy_warnings(trials), *(v.line() for v in rung_verdicts(step, ctx))]
         for line in warnings:
             ctx.log(f"step {step}: {line}")
         return StepDecision(
@@ -618,6 +630,13 @@ def _paired_numbers(timing: PairedTiming, i: int, confidence: float, start: int)
         rounds=timing.rounds,
         start_ratio=timing.ratio(i, start),
     )
+
+
+def _stopped_text(trial: TrialRecord) -> str:
+    """A candidate stopped by successive halving: where, and its mIoU there."""
+    at = trial.miou_by_iters
+    iters = max(at, default=0)
+    return f"stopped by successive halving at {iters} iterations (mIoU {100 * at.get(iters, 0.0):.2f})"
 
 
 def _mean_miou(trial: TrialRecord, replica: TrialRecord) -> float:

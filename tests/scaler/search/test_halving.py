@@ -1,0 +1,168 @@
+"""Successive halving within a greedy step (``greedy.halving``): candidates train rung by rung from
+checkpoints, the better half by slope goes on, the rest are PRUNED with their rung mIoUs as Optuna
+intermediate values; verdicts are recorded first and replayed on resume."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from fake_search import FakeLatency
+from optuna.trial import TrialState
+from paired_standin import FakePaired
+
+import scaler.search.run as run_mod
+from models import get_arch
+from scaler.errors import UserError
+from scaler.proxy.train import train_and_evaluate
+from scaler.search.run import run_search
+from scaler.search.space import space_from_dict
+from scaler.search.store import open_run
+from scaler.search.strategies import GreedyStrategy, SearchContext, StepDecision, TrialRecord
+from scaler.search.strategies.halving import RungVerdict, rung_verdicts
+
+TINY = get_arch("lpsnet_tiny")
+
+
+def _space(init: str = "scratch", iters: int = 8, **greedy: Any):
+    return space_from_dict(
+        {
+            "name": "halving",
+            "start": "lpsnet_tiny",
+            "input_size": "64x128",
+            "dataset": "synthetic:size=64x128,train=8,val=4",
+            "operators": ["depth_4-5", "width_4-5", "depth_3-5", "width_3-5"],
+            "constraints": {"max_depth": 8, "max_width": 256, "width_divisor": 4},
+            "latency": {"device": "cpu", "threads": 1},
+            "training": {"iters": iters, "batch": 2, "crop": "64x128", "init": init},
+            "stopping": {"max_steps": 1},
+            "greedy": {"max_steplen": 2, "halving": True, **greedy},
+        }
+    )
+
+
+def test_halving_options_are_checked_and_stored_only_when_set():
+    assert _space().greedy.rung_iters(8) == (2, 4, 8)
+    assert _space(halving_rungs=4).greedy.rung_iters(150) == (18, 37, 75, 150)
+    plain = dataclasses.replace(_space().greedy, halving=False)
+    assert "halving" not in plain.to_dict() and _space().to_dict()["greedy"]["halving"] is True
+    with pytest.raises(UserError, match="halving_rungs must be 2 to 8, got 1"):
+        _space(halving_rungs=1)
+    with pytest.raises(UserError, match=r"greedy.halving_rungs.*cut training.iters \(4\) below one iteration"):
+        _space(iters=4, halving_rungs=4)
+    with pytest.raises(UserError, match="greedy.halving: must be true or false, got .yes."):
+        _space(halving="yes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init", ["scratch", "inherit"])
+def test_a_real_search_halves_each_step_and_keeps_every_rung(tmp_path, monkeypatch, init):
+    monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_mod, "measure_latency", FakeLatency())
+    monkeypatch.setattr(run_mod, "measure_paired", FakePaired())
+    run_dir = tmp_path / "run"
+    space = _space(init)
+    run_search(space, run_dir, progress=False)
+    store = open_run(run_dir)
+    records = store.records()
+    trials = {t.number: t for t in store.trials()}
+    start = records[0]
+    # The start (and the control) are evaluated at every rung on their way: the baselines of the rungs.
+    assert start.complete and sorted(trials[0].intermediate_values) == [2, 4, 8]
+    assert start.eval_at == (2, 4) and [r["iters"] for r in start.rungs] == [2, 4, 8]
+    candidates = [r for r in records if r.step == 1 and not r.is_control]
+    assert len(candidates) == 4
+    pruned = [r for r in candidates if r.state == TrialState.PRUNED]
+    done = [r for r in candidates if r.complete]
+    # 4 at 2 iterations, the best 2 on to 4, the best 1 on to the whole schedule.
+    assert len(pruned) == 3 and len(done) == 1
+    assert sorted(max(trials[r.number].intermediate_values) for r in pruned) == [2, 2, 4]
+    assert sorted(trials[done[0].number].intermediate_values) == [2, 4, 8]
+    assert all(r.pruned.startswith("successive halving, step 1: slope ") for r in pruned)
+    assert not any(r.paused for r in records)
+    verdicts = [RungVerdict.from_dict(store.get(f"rung_1_{k}")) for k in (0, 1)]
+    assert [v.iters for v in verdicts] == [2, 4] and [len(v.kept) for v in verdicts] == [2, 1]
+    assert verdicts[1].next_iters is None and verdicts[0].next_iters == 4
+    assert set(verdicts[1].kept) == {done[0].number} and set(verdicts[1].ranked[0][:1]) == {done[0].number}
+    control = [r for r in records if r.is_control]
+    base = control[0] if init == "inherit" else start
+    assert len(control) == (1 if init == "inherit" else 0)
+    # Each rung is judged against the baseline at the same iteration, by slope over the paired latency gain.
+    plan = GreedyStrategy.plans(store.study.user_attrs)[0]
+    by_number = {r.number: r for r in records}
+    for v in verdicts:
+        assert v.base == base.number and v.base_miou == base.miou_by_iters[v.iters] and not v.base_note
+        for n, miou, slope in v.ranked:
+            c = next(c for c in plan.candidates if c.arch_hash == by_number[n].arch_hash)
+            assert miou == trials[n].intermediate_values[v.iters]
+            assert slope == pytest.approx((miou - v.base_miou) / max(c.paired.delta_ms, 0.05))
+        slopes = [s for _, _, s in v.ranked]
+        assert slopes == sorted(slopes, reverse=True)
+    # The survivor, trained in three rungs from checkpoints, scores what one straight training scores.
+    survivor = done[0]
+    config = dataclasses.replace(space.training)
+    if init == "scratch":
+        straight = train_and_evaluate(survivor.arch, config, progress=False)
+        assert survivor.miou == straight.miou
+    assert survivor.train["iters_done"] == 8
+    assert survivor.train["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in survivor.rungs))
+    # The step decided among the candidates that finished, and says what halving did.
+    decision = StepDecision.from_dict(store.get("step_1"))
+    assert decision.winner in (survivor.number, None)
+    assert sum(a.startswith("successive halving at 2 iterations: mIoU and slope against") for a in decision.actions) == 1
+    # Training spent: 4 x 2 + 2 x 2 + 1 x 4 = 16 candidate iterations instead of 4 x 8 = 32.
+    spent = sum(int(r.train["iters_done"]) if r.complete else max(r.miou_by_iters) for r in candidates)
+    assert spent == 2 + 2 + 4 + 8
+
+
+def test_a_verdict_is_recorded_once_and_replayed_when_the_search_resumes_before_applying_it():
+    space = _space()
+    kv: dict[str, Any] = {}
+    puts: list[str] = []
+    fake = FakePaired()
+
+    def put(key: str, value: Any) -> None:
+        puts.append(key)
+        kv[key] = value
+
+    ctx = SearchContext(
+        space=space,
+        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
+        get=kv.get,
+        put=put,
+        paired=lambda archs, rounds: fake(archs, rounds=rounds),
+    )
+    strat = GreedyStrategy(space)
+    start = TrialRecord(
+        TINY,
+        step=0,
+        number=0,
+        state=TrialState.COMPLETE,
+        values=(fake.ms(TINY), 0.30),
+        latency={"median_ms": fake.ms(TINY)},
+        rungs=({"iters": 2, "miou": 0.10}, {"iters": 4, "miou": 0.20}),
+        train={"iters_done": 8},
+    )
+    proposed = strat.propose([start], ctx)
+    assert proposed.kind == "propose" and all(p.train_until == 2 for p in proposed.proposals)
+    gains = [0.02, 0.05, -0.01, 0.04]
+    history = [start] + [
+        dataclasses.replace(
+            p, number=i + 1, state=TrialState.WAITING, paused=True, rungs=({"iters": 2, "miou": 0.10 + g},)
+        )
+        for i, (p, g) in enumerate(zip(proposed.proposals, gains, strict=True))
+    ]
+    first = strat.propose(history, ctx)
+    assert first.kind == "advance" and puts.count("rung_1_0") == 1
+    assert len(first.resume) == 2 and len(first.prune) == 2 and set(first.resume.values()) == {4}
+    # Killed before the verdict was applied: the resumed search applies the recorded one, judging nothing again.
+    kv["rung_1_0"]["ranked"] = [[n, m, s] for n, m, s in kv["rung_1_0"]["ranked"]]
+    again = strat.propose(history, ctx)
+    assert again == first and puts.count("rung_1_0") == 1
+    # Half applied (one stopped already): the rest is applied, the same way.
+    one = next(iter(first.prune))
+    history = [dataclasses.replace(t, paused=False, state=TrialState.PRUNED) if t.number == one else t for t in history]
+    rest = strat.propose(history, ctx)
+    assert rest.resume == first.resume and set(rest.prune) == set(first.prune) - {one}
+    assert [v.rung for v in rung_verdicts(1, ctx)] == [0]
