@@ -166,3 +166,53 @@ def test_a_verdict_is_recorded_once_and_replayed_when_the_search_resumes_before_
     rest = strat.propose(history, ctx)
     assert rest.resume == first.resume and set(rest.prune) == set(first.prune) - {one}
     assert [v.rung for v in rung_verdicts(1, ctx)] == [0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["worker died", "checkpoint lost"])
+def test_a_rung_survives_a_dead_worker_and_a_lost_checkpoint(tmp_path, monkeypatch, fault):
+    """A worker that dies mid-rung leaves a copy that goes on from the last checkpoint (rungs and intermediate
+    values kept); a checkpoint that cannot be read is trained again from the start, said so. Either way the
+    survivor ends where one straight training ends."""
+    monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_mod, "measure_latency", FakeLatency())
+    monkeypatch.setattr(run_mod, "measure_paired", FakePaired())
+    real = run_mod.evaluate_claim
+    hit: list[int] = []
+    run_dir = tmp_path / "run"
+
+    def evaluate(store, claim, training, **kw):
+        record = claim.record
+        if record.checkpoint_artifact is not None and not hit:
+            hit.append(claim.number)
+            if fault == "worker died":
+                return False  # claimed and abandoned: RUNNING, owned by this (idle) process, as after a kill
+            (run_dir / "artifacts" / record.checkpoint_artifact).unlink()
+        return real(store, claim, training, **kw)
+
+    monkeypatch.setattr(run_mod, "evaluate_claim", evaluate)
+    space = _space()
+    run_search(space, run_dir, progress=False)
+    store = open_run(run_dir)
+    records = {r.number: r for r in store.records()}
+    trials = {t.number: t for t in store.trials()}
+    (first,) = hit
+    hurt = records[first]
+    if fault == "worker died":
+        assert hurt.state == TrialState.FAIL and hurt.interrupted == "worker died"
+        (copy,) = [r for r in records.values() if r.retry_of == first]
+        # The copy went on from the rung the dead worker started from: its first rung is the original's.
+        assert copy.rungs[0] == hurt.rungs[0] and trials[copy.number].intermediate_values[2] == hurt.rungs[0]["miou"]
+        assert copy.checkpoint_lost is None and copy.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        survivor_or_copy = copy
+    else:
+        assert hurt.checkpoint_lost.startswith("its checkpoint ") and " cannot be read (" in hurt.checkpoint_lost
+        assert hurt.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        survivor_or_copy = hurt
+    # Trained again from the start or from the checkpoint, each rung's mIoU is what it was to be.
+    assert [r["iters"] for r in survivor_or_copy.rungs][:2] == [2, 4]
+    (survivor,) = [r for r in records.values() if r.step == 1 and r.complete]
+    straight = train_and_evaluate(survivor.arch, space.training, progress=False, eval_at=(2, 4))
+    assert survivor.miou == straight.miou
+    assert [r["miou"] for r in survivor.rungs] == [r["miou"] for r in straight.rungs]
+    assert StepDecision.from_dict(store.get("step_1")).winner in (survivor.number, None)
