@@ -111,7 +111,7 @@ def test_a_real_search_halves_each_step_and_keeps_every_rung(tmp_path, monkeypat
     decision = StepDecision.from_dict(store.get("step_1"))
     assert decision.winner in (survivor.number, None)
     halving = [a for a in decision.actions if a.startswith("successive halving at ")]
-    assert [a.split(":")[0] for a in halving] == ["successive halving at 2 iterations", "successive halving at 4 iterations"]
+    assert [a.split(":")[0] for a in halving] == [f"successive halving at {k} iterations" for k in (2, 4)]
     # Training spent: 4 x 2 + 2 x 2 + 1 x 4 = 16 candidate iterations instead of 4 x 8 = 32.
     spent = sum(int(r.train["iters_done"]) if r.complete else max(r.miou_by_iters) for r in candidates)
     assert spent == 2 + 2 + 4 + 8
