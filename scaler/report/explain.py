@@ -20,6 +20,7 @@ from scaler.search.record import TrialRecord
 from scaler.search.store import RunStore, open_run
 from scaler.search.strategies import GreedyStrategy, PlanCandidate, SlopeEstimate, StepDecision, StepPlan
 from scaler.search.strategies.base import latest_by_hash, search_trials
+from scaler.search.strategies.halving import stopped_text
 
 __all__ = ["CandidateExplanation", "RunExplanation", "StepExplanation", "explain_run"]
 
@@ -45,7 +46,7 @@ class CandidateExplanation:
         delta_low: Lower end of its interval (``None``: a step without paired data, or unbounded).
         delta_high: Upper end.
         miou: Its mIoU (a fraction; ``None``: not trained or failed).
-        miou_gain: mIoU gain over the parent.
+        miou_gain: mIoU gain over the parent (over the step's control, with inherited weights).
         slope: (mIoU gain) / (latency gain), mIoU as a fraction per ms, as the decision used it.
         slope_low: Lower end of its interval (paired steps only).
         slope_high: Upper end.
@@ -174,16 +175,18 @@ def explain_run(run_dir: str | Path, store: RunStore | None = None) -> RunExplan
     """
     store = store if store is not None else open_run(run_dir)
     attrs = store.study.user_attrs
-    records = search_trials(store.records())
+    everything = store.records()
+    records = search_trials(everything)
     latest = latest_by_hash(records)
     by_number = {t.number: t for t in records}
+    controls = {t.control_of: t for t in everything if t.is_control and t.complete}
     decisions = {d.step: d for d in GreedyStrategy.steps(attrs)}
     plans = {p.step: p for p in GreedyStrategy.plans(attrs)}
     floor = float(((attrs.get("space") or {}).get("greedy") or {}).get("noise_floor_ms") or 0.0)
     steps = []
     for s in sorted(set(plans) | set(decisions)):
         plan = plans.get(s) or _plan_from_trials(decisions[s], by_number)
-        steps.append(_explain_step(plan, decisions.get(s), latest, by_number, floor))
+        steps.append(_explain_step(plan, decisions.get(s), latest, by_number, controls, floor))
     strategy = attrs.get("strategy")
     return RunExplanation(
         run_dir=str(run_dir),
@@ -216,11 +219,15 @@ def _explain_step(
     decision: StepDecision | None,
     latest: Mapping[str, TrialRecord],
     by_number: Mapping[int | None, TrialRecord],
+    controls: Mapping[int | None, TrialRecord],
     floor_ms: float,
 ) -> StepExplanation:
     parent = by_number.get(plan.parent)
     parent_ms = plan.parent_ms if plan.paired else (parent.latency_ms if parent is not None else None)
     parent_miou = parent.miou if parent is not None else None
+    # With inherited weights the gains are measured against the step's control (the parent trained further).
+    control = controls.get(plan.parent)
+    base_miou = control.miou if control is not None else parent_miou
     estimates = decision.estimates if decision is not None else {}
     rows = []
     for c in plan.candidates:
@@ -233,7 +240,7 @@ def _explain_step(
                 estimates.get(number) if number is not None else None,
                 None if decision is None or number is None else decision.slopes.get(number),
                 parent_ms,
-                parent_miou,
+                base_miou,
                 floor_ms,
                 plan.rounds,
                 winner=decision is not None and number is not None and number == decision.winner,
@@ -276,7 +283,7 @@ def _explain_candidate(
     estimate: SlopeEstimate | None,
     slope: float | None,
     parent_ms: float | None,
-    parent_miou: float | None,
+    base_miou: float | None,
     floor_ms: float,
     step_rounds: int | None,
     *,
@@ -287,6 +294,8 @@ def _explain_candidate(
     notes = []
     if t is None or t.pending:
         notes.append("not trained yet")
+    elif t.pruned:
+        notes.append(stopped_text(t))
     elif miou is None:
         notes.append(f"failed: {t.fail_reason or 'unknown reason'}")
     p = c.paired
@@ -318,7 +327,10 @@ def _explain_candidate(
         delta_low=low,
         delta_high=high,
         miou=miou,
-        miou_gain=None if miou is None or parent_miou is None else miou - parent_miou,
+        # The decision's own gain when it has one: against the step's control with inherited weights.
+        miou_gain=estimate.miou_gain
+        if estimate is not None
+        else (None if miou is None or base_miou is None else miou - base_miou),
         slope=estimate.slope if estimate is not None else slope,
         slope_low=estimate.slope_low if estimate is not None else None,
         slope_high=estimate.slope_high if estimate is not None else None,

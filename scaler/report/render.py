@@ -194,6 +194,8 @@ def format_search(summary: SearchSummary, files: Sequence[str]) -> str:
 def _trial_counts(summary: SearchSummary) -> str:
     """``18 complete, 0 failed, 1 stopped (queued again)``: stops and dead workers only when there were any."""
     parts = [f"{summary.complete} complete", f"{summary.failed} failed"]
+    if summary.pruned:
+        parts.append(f"{summary.pruned} stopped by successive halving")
     if summary.stopped:
         parts.append(f"{summary.stopped} stopped (queued again)")
     if summary.died:
@@ -275,6 +277,8 @@ def format_explain(ex: RunExplanation) -> str:
         "Each candidate against its step's parent: latency gain (ms), mIoU gain (points) and slope (mIoU points",
         "gained per ms added; the largest wins, * marks it). [low, high]: intervals from the paired rounds.",
     ]
+    if any(a.startswith("mIoU gains are measured against the control") for st in ex.steps for a in st.actions):
+        lines.append("With inherited weights the mIoU gain is over the step's control: the parent trained as far.")
     for step in ex.steps:
         lines += ["", *_explain_step(step)]
     return "\n".join(lines)

@@ -61,7 +61,8 @@ class SearchSummary:
     evaluation) that other processes (``--workers``, ``scaler worker``) did for trials finished
     during the session, which ran in parallel and so is not a share of ``seconds``. ``failed``
     counts candidates that failed (training, or over the latency budget); ``stopped`` and ``died``
-    count evaluations that a stop (SIGINT, SIGTERM) or a dead worker cut short, each queued again.
+    count evaluations that a stop (SIGINT, SIGTERM) or a dead worker cut short, each queued again;
+    ``pruned`` the candidates successive halving stopped at a rung (``greedy.halving``).
     """
 
     run_dir: Path
@@ -77,6 +78,7 @@ class SearchSummary:
     worker_train_seconds: float = 0.0
     stopped: int = 0
     died: int = 0
+    pruned: int = 0
 
 
 def _space_record(space: SearchSpace, class_names: list[str]) -> dict[str, Any]:
@@ -191,6 +193,7 @@ def run_search(
         failed=sum(t.state == TrialState.FAIL and t.interrupted is None for t in trials),
         stopped=sum(t.interrupted == STOPPED for t in trials),
         died=sum(t.interrupted == DIED for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
         seconds=time.perf_counter() - t0,
         latency_seconds=timings["latency"],
         train_seconds=timings["train"],

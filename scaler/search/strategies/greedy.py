@@ -17,7 +17,9 @@ A step, as this strategy takes it:
    and the latency budget is checked against them. A candidate timed faster than its parent beyond
    noise (its whole interval below 0) is timed again with more rounds, and flagged if it stays so;
 3. the workers train the candidates; each one's slope is (mIoU gain) / (latency gain), with the
-   interval its latency gain's interval allows (:class:`SlopeEstimate`, which explains the noise floor);
+   interval its latency gain's interval allows (:class:`SlopeEstimate`, which explains the noise floor).
+   With ``greedy.halving`` they train in rungs, and only the better half by slope at each rung goes
+   on (:mod:`~scaler.search.strategies.halving`);
 4. when the best and the second-best slope's intervals overlap, those two are timed with the parent
    again with twice the rounds, up to ``greedy.max_paired_rounds``. If they still overlap and the
    space names a ``greedy.tie_seed``, both and the parent are trained again with that seed (seed
@@ -59,7 +61,7 @@ from scaler.search.strategies.greedy_steps import (
     StepPlan,
     TargetCheck,
 )
-from scaler.search.strategies.halving import halving_stage, rung_verdicts
+from scaler.search.strategies.halving import halving_stage, rung_verdicts, stopped_text
 
 __all__ = [
     "OUTLIER_RATIO",
@@ -459,7 +461,9 @@ class GreedyStrategy(Strategy):
             overlap = None
             if len(ranked) >= 2 and estimates[ranked[0]].slope > 0:
                 overlap = estimates[ranked[0]].overlap(estimates[ranked[1]])
-        actions = [*proxy_warnings(trials), *(v.line() for v in rung_verdicts(step, ctx)), *actions]
+        warnings = proxy_warnings(trials)
+        halving = [v.line() for v in rung_verdicts(step, ctx)]  # logged when each rung was judged
+        actions = [*warnings, *halving, *actions]
         slopes = {t.number: (estimates[t.number].slope if t.number in estimates else None) for t in trials}
         winner = None
         if not ranked:
@@ -486,11 +490,12 @@ class GreedyStrategy(Strategy):
             actions=tuple(actions),
         )
         for line in actions:
-            ctx.log(f"step {step}: {line}")
+            if line not in halving:
+                ctx.log(f"step {step}: {line}")
         rows = []
         for t in trials:
             e = estimates.get(t.number)  # type: ignore[arg-type]
-            numbers = _stopped_text(t) if t.pruned else "mIoU failed"
+            numbers = stopped_text(t) if t.pruned else "mIoU failed"
             if e is not None:
                 numbers = (
                     f"{_signed_interval(e)} ms, "
@@ -558,7 +563,7 @@ class GreedyStrategy(Strategy):
         rows = []
         for t in trials:
             slope = sel.slopes.get(t.number)
-            miou = _stopped_text(t) if t.pruned else f"mIoU {'failed' if t.miou is None else f'{100 * t.miou:.2f}'}"
+            miou = stopped_text(t) if t.pruned else f"mIoU {'failed' if t.miou is None else f'{100 * t.miou:.2f}'}"
             rows.append(
                 f"#{t.number} {'+'.join(t.operators)} x{t.steplen}: "
                 f"{t.latency_ms:.2f} ms, {miou}, "
@@ -569,9 +574,10 @@ class GreedyStrategy(Strategy):
             f"step {step} winner: "
             + (f"#{sel.winner} ({sel.reason})" if sel.winner is not None else f"none ({sel.reason})")
         )
-        warnings = [*proxy_warnings(trials), *(v.line() for v in rung_verdicts(step, ctx))]
+        warnings = proxy_warnings(trials)
         for line in warnings:
             ctx.log(f"step {step}: {line}")
+        warnings += [v.line() for v in rung_verdicts(step, ctx)]  # logged when each rung was judged
         return StepDecision(
             step=step,
             parent=parent.number,
@@ -630,13 +636,6 @@ def _paired_numbers(timing: PairedTiming, i: int, confidence: float, start: int)
         rounds=timing.rounds,
         start_ratio=timing.ratio(i, start),
     )
-
-
-def _stopped_text(trial: TrialRecord) -> str:
-    """A candidate stopped by successive halving: where, and its mIoU there."""
-    at = trial.miou_by_iters
-    iters = max(at, default=0)
-    return f"stopped by successive halving at {iters} iterations (mIoU {100 * at.get(iters, 0.0):.2f})"
 
 
 def _mean_miou(trial: TrialRecord, replica: TrialRecord) -> float:

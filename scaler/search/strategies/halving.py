@@ -29,7 +29,7 @@ from scaler.search.record import TrialRecord
 from scaler.search.strategies.base import Decision, SearchContext
 from scaler.search.strategies.greedy_steps import StepPlan
 
-__all__ = ["RungVerdict", "halving_stage", "rung_verdicts"]
+__all__ = ["RungVerdict", "halving_stage", "rung_verdicts", "stopped_text"]
 
 _RUNG_KEY = "rung_{}_{}"
 
@@ -205,3 +205,10 @@ def _judge(
 
 def _last_rung(t: TrialRecord) -> int:
     return max(int(r["iters"]) for r in t.rungs)
+
+
+def stopped_text(trial: TrialRecord) -> str:
+    """A candidate stopped by successive halving: where, and its mIoU there."""
+    at = trial.miou_by_iters
+    iters = max(at, default=0)
+    return f"stopped by successive halving at {iters} iterations (mIoU {100 * at.get(iters, 0.0):.2f})"
