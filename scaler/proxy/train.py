@@ -80,6 +80,10 @@ class TrainConfig:
         init: ``scratch`` (seeded initial weights) or ``inherit``: a search starts each candidate from
             its trained parent's weights, grown (see :mod:`models.grow`); the weights themselves are
             given to :func:`train_and_evaluate` as ``init_state``.
+        inherit_iters: With ``init: inherit``, the schedule of a candidate that starts from its parent's
+            weights (its own warm-up and decay): it goes on from a trained network, so it can be shorter
+            than ``iters``, which the start network (and every from-scratch training) gets.
+            ``None``: ``iters``.
         device: ``cpu``, ``cuda`` or ``cuda:i``.
         amp: Mixed precision; ``None``: on for CUDA, off on the CPU.
         channels_last: ``None``: on for CUDA, off on the CPU.
@@ -106,6 +110,7 @@ class TrainConfig:
     ohem_thresh: float = 0.7
     ohem_min_kept: float = 1 / 16
     init: str = "scratch"
+    inherit_iters: int | None = None
     device: str = "cpu"
     amp: bool | None = None
     channels_last: bool | None = None
@@ -127,6 +132,12 @@ class TrainConfig:
             (self.val_limit is None or self.val_limit >= 1, "val_limit", self.val_limit, "must be >= 1"),
             (self.eval_batch >= 1, "eval_batch", self.eval_batch, "must be >= 1"),
             (self.init in INIT_MODES, "init", self.init, f"must be one of {', '.join(INIT_MODES)}"),
+            (
+                self.inherit_iters is None or self.inherit_iters >= 1,
+                "inherit_iters",
+                self.inherit_iters,
+                "must be >= 1",
+            ),
             (self.loss in LOSSES, "loss", self.loss, f"must be one of {', '.join(LOSSES)}"),
             (0 < self.ohem_thresh < 1, "ohem_thresh", self.ohem_thresh, "must be a probability in (0, 1)"),
             (0 < self.ohem_min_kept <= 1, "ohem_min_kept", self.ohem_min_kept, "must be a fraction in (0, 1]"),
@@ -136,15 +147,26 @@ class TrainConfig:
                 raise UserError(f"training config: {name} {what}, got {value!r}")
 
     @property
+    def candidate_iters(self) -> int:
+        """The schedule of a search candidate: ``inherit_iters`` with inherited weights, else ``iters``."""
+        return self.inherit_iters if self.init == "inherit" and self.inherit_iters is not None else self.iters
+
+    def inherited(self) -> TrainConfig:
+        """The recipe of a candidate that starts from its parent's weights (``inherit_iters`` as its schedule)."""
+        return dataclasses.replace(self, iters=self.candidate_iters, inherit_iters=None)
+
+    @property
     def resolved_warmup(self) -> int:
         return self.warmup_iters if self.warmup_iters is not None else max(0, self.iters // 20)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form; ``init`` only when it is not ``scratch``, ``loss`` and its knobs only when it is not
-        ``ce`` (what every run before them trained with)."""
+        """Plain-data form; ``init`` only when it is not ``scratch``, ``inherit_iters`` only when set, ``loss`` and
+        its knobs only when it is not ``ce`` (what every run before them trained with)."""
         out = dataclasses.asdict(self)
         if out["init"] == "scratch":
             del out["init"]
+        if out["inherit_iters"] is None:
+            del out["inherit_iters"]
         if out["loss"] == "ce":  # the OHEM knobs mean nothing without it; runs before it resume unchanged
             for key in ("loss", "ohem_thresh", "ohem_min_kept"):
                 del out[key]

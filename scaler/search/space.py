@@ -314,10 +314,11 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     )
     stopping = _section(Stopping, data.get("stopping"), "stopping", fail)
     greedy = _section(GreedySettings, data.get("greedy"), "greedy", fail)
-    if greedy.halving and greedy.rung_iters(training.iters)[0] < 1:
+    if greedy.halving and greedy.rung_iters(training.candidate_iters)[0] < 1:
+        what = "training.inherit_iters" if training.candidate_iters != training.iters else "training.iters"
         raise fail(
             "greedy.halving_rungs",
-            f"{greedy.halving_rungs} rungs cut training.iters ({training.iters}) below one iteration per rung; "
+            f"{greedy.halving_rungs} rungs cut {what} ({training.candidate_iters}) below one iteration per rung; "
             f"use fewer rungs or more iterations (at least {2 ** (greedy.halving_rungs - 1)})",
         )
     description = data.get("description", "")

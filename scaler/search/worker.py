@@ -67,6 +67,8 @@ def evaluate_claim(
     if record.recipe:  # a retrain: its own schedule (checked when it was queued)
         training = dataclasses.replace(training, **{k: record.recipe[k] for k in RECIPE_KEYS if k in record.recipe})
     inherit = training.init == "inherit"
+    if inherit and record.inherit_from is not None:  # goes on from a trained network: its own schedule
+        training = training.inherited()
     halving = record.train_until is not None or record.checkpoint_artifact is not None or bool(record.eval_at)
     attrs: dict[str, Any] = {}
     init_state = None

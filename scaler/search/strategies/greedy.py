@@ -129,7 +129,7 @@ class GreedyStrategy(Strategy):
         start_hash = sp.start.arch_hash()
         # With successive halving, a step's parent and control are evaluated at every rung on their way:
         # the step's candidates at a rung are compared with them at the same iteration.
-        rungs = sp.greedy.rung_iters(sp.training.iters) if sp.greedy.halving else ()
+        rungs = sp.greedy.rung_iters(sp.training.candidate_iters) if sp.greedy.halving else ()
         if start_hash not in latest:
             start = TrialRecord(sp.start, strategy=self.name, step=0, parent=None, steplen=0, eval_at=rungs[:-1])
             return Decision.propose([start])

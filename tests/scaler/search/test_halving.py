@@ -25,7 +25,7 @@ from scaler.search.strategies.halving import RungVerdict, rung_verdicts
 TINY = get_arch("lpsnet_tiny")
 
 
-def _space(init: str = "scratch", iters: int = 8, **greedy: Any):
+def _space(init: str = "scratch", iters: int = 8, inherit_iters: int | None = None, **greedy: Any):
     return space_from_dict(
         {
             "name": "halving",
@@ -35,7 +35,13 @@ def _space(init: str = "scratch", iters: int = 8, **greedy: Any):
             "operators": ["depth_4-5", "width_4-5", "depth_3-5", "width_3-5"],
             "constraints": {"max_depth": 8, "max_width": 256, "width_divisor": 4},
             "latency": {"device": "cpu", "threads": 1},
-            "training": {"iters": iters, "batch": 2, "crop": "64x128", "init": init},
+            "training": {
+                "iters": iters,
+                "batch": 2,
+                "crop": "64x128",
+                "init": init,
+                **({} if inherit_iters is None else {"inherit_iters": inherit_iters}),
+            },
             "stopping": {"max_steps": 1},
             "greedy": {"max_steplen": 2, "halving": True, **greedy},
         }
@@ -56,21 +62,22 @@ def test_halving_options_are_checked_and_stored_only_when_set():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init", ["scratch", "inherit"])
-def test_a_real_search_halves_each_step_and_keeps_every_rung(tmp_path, monkeypatch, init):
+@pytest.mark.parametrize(("init", "iters", "inherit_iters"), [("scratch", 8, None), ("inherit", 16, 8)])
+def test_a_real_search_halves_each_step_and_keeps_every_rung(tmp_path, monkeypatch, init, iters, inherit_iters):
     monkeypatch.setenv("LPS_SCALER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(run_mod, "measure_latency", FakeLatency())
     monkeypatch.setattr(run_mod, "measure_paired", FakePaired())
     run_dir = tmp_path / "run"
-    space = _space(init)
+    space = _space(init, iters, inherit_iters)
     run_search(space, run_dir, progress=False)
     store = open_run(run_dir)
     records = store.records()
     trials = {t.number: t for t in store.trials()}
     start = records[0]
     # The start (and the control) are evaluated at every rung on their way: the baselines of the rungs.
-    assert start.complete and sorted(trials[0].intermediate_values) == [2, 4, 8]
-    assert start.eval_at == (2, 4) and [r["iters"] for r in start.rungs] == [2, 4, 8]
+    assert start.complete and sorted(trials[0].intermediate_values) == [2, 4, iters]
+    assert start.eval_at == (2, 4) and [r["iters"] for r in start.rungs] == [2, 4, iters]
+    assert start.train["iters_done"] == iters  # the start trains the from-scratch schedule
     candidates = [r for r in records if r.step == 1 and not r.is_control]
     assert len(candidates) == 4
     pruned = [r for r in candidates if r.state == TrialState.PRUNED]
@@ -87,6 +94,8 @@ def test_a_real_search_halves_each_step_and_keeps_every_rung(tmp_path, monkeypat
     assert set(verdicts[1].kept) == {done[0].number} and set(verdicts[1].ranked[0][:1]) == {done[0].number}
     control = [r for r in records if r.is_control]
     base = control[0] if init == "inherit" else start
+    if control:  # the parent trained as far as its candidates: their schedule, evaluated at their rungs
+        assert control[0].train["iters_done"] == 8 and [r["iters"] for r in control[0].rungs] == [2, 4, 8]
     assert len(control) == (1 if init == "inherit" else 0)
     # Each rung is judged against the baseline at the same iteration, by slope over the paired latency gain.
     plan = GreedyStrategy.plans(store.study.user_attrs)[0]
@@ -217,3 +226,35 @@ def test_a_rung_survives_a_dead_worker_and_a_lost_checkpoint(tmp_path, monkeypat
     assert survivor.miou == straight.miou
     assert [r["miou"] for r in survivor.rungs] == [r["miou"] for r in straight.rungs]
     assert StepDecision.from_dict(store.get("step_1")).winner in (survivor.number, None)
+
+
+def test_inherited_candidates_train_their_own_shorter_schedule_and_halving_cuts_it():
+    space = _space("inherit", iters=16, inherit_iters=8)
+    assert space.training.candidate_iters == 8 and space.to_dict()["training"]["inherit_iters"] == 8
+    assert "inherit_iters" not in _space("inherit").to_dict()["training"]
+    inherited = space.training.inherited()
+    assert inherited.iters == 8 and inherited.inherit_iters is None and inherited.init == "inherit"
+    assert _space("scratch", iters=16, inherit_iters=8).training.candidate_iters == 16  # scratch ignores it
+    with pytest.raises(UserError, match=r"training.inherit_iters \(2\) below one iteration per rung"):
+        _space("inherit", iters=16, inherit_iters=2)
+    with pytest.raises(UserError, match="inherit_iters must be >= 1, got 0"):
+        _space("inherit", inherit_iters=0)
+    kv: dict[str, Any] = {}
+    fake = FakePaired()
+    ctx = SearchContext(
+        space=space,
+        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
+        get=kv.get,
+        put=kv.__setitem__,
+        paired=lambda archs, rounds: fake(archs, rounds=rounds),
+    )
+    strat = GreedyStrategy(space)
+    first = strat.propose([], ctx).proposals[0]
+    assert first.eval_at == (2, 4)  # the rungs of the candidates' 8-iteration schedule
+    start = dataclasses.replace(
+        first, number=0, state=TrialState.COMPLETE, values=(fake.ms(TINY), 0.3), latency={"median_ms": fake.ms(TINY)}
+    )
+    step = strat.propose([start], ctx).proposals
+    assert {p.train_until for p in step if not p.is_control} == {2}
+    (control,) = [p for p in step if p.is_control]
+    assert control.eval_at == (2, 4) and control.train_until is None
