@@ -318,6 +318,10 @@ def train_and_evaluate(
     return result
 
 
+# Settings that change where and how fast a training runs, not what it computes (up to floating point).
+_WHERE_IT_RUNS = ("device", "workers", "val_limit", "eval_batch", "channels_last")
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """Where a training stopped mid-schedule, to go on from (:func:`train_and_evaluate` ``resume``).
@@ -338,6 +342,16 @@ class Checkpoint:
     optimizer: dict[str, Any]
     grad_scaler: dict[str, Any]
     losses: list[float]
+
+    def mismatch(self, config: TrainConfig) -> str | None:
+        """Why training with ``config`` cannot go on from here (``None``: it can). Where it runs (device,
+        loader workers, evaluation batching) may differ; what decides the trajectory may not."""
+        mine = {k: v for k, v in self.config.items() if k not in _WHERE_IT_RUNS}
+        theirs = {k: v for k, v in config.to_dict().items() if k not in _WHERE_IT_RUNS}
+        if mine != theirs:
+            keys = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            return f"the checkpoint was trained with another recipe ({', '.join(keys)} differ)"
+        return None
 
     def write(self, path: str | Path) -> None:
         """Save to ``path`` atomically (a reader never sees half a checkpoint)."""
@@ -376,8 +390,8 @@ class _Span:
             raise ValueError(f"until must be 1 to iters ({config.iters}), got {until}")
         start = 0
         if resume is not None:
-            if resume.config != config.to_dict():
-                raise ValueError("the checkpoint was trained with another recipe; it cannot be resumed with this one")
+            if (why := resume.mismatch(config)) is not None:
+                raise ValueError(f"{why}; it cannot be resumed with this one")
             start = resume.iters_done
             if not 0 < start < stop:
                 raise ValueError(f"the checkpoint stopped at iteration {start}; nothing to train up to {stop}")

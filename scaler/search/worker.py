@@ -81,7 +81,7 @@ def evaluate_claim(
         resume = None
         if record.checkpoint_artifact is not None:
             assert artifacts is not None
-            resume, lost = _fetch_checkpoint(record.checkpoint_artifact, artifacts, tmp / "resume.pt")
+            resume, lost = _fetch_checkpoint(record.checkpoint_artifact, artifacts, tmp / "resume.pt", training)
             if lost is not None:  # trained again from its start up to this rung: the same result, later
                 attrs[Attr.CHECKPOINT_LOST] = lost
                 log(f"trial #{claim.number}: {lost}; training it again from the start")
@@ -138,14 +138,19 @@ def evaluate_claim(
     return _fail(store, claim, result.reason or "no latency recorded", log, attrs)
 
 
-def _fetch_checkpoint(artifact_id: str, artifacts: Any, path: Path) -> tuple[Checkpoint | None, str | None]:
-    """The checkpoint a paused trial goes on from, or ``None`` and why it cannot be had."""
+def _fetch_checkpoint(
+    artifact_id: str, artifacts: Any, path: Path, training: TrainConfig
+) -> tuple[Checkpoint | None, str | None]:
+    """The checkpoint a paused trial goes on from, or ``None`` and why it cannot be had (or used: a worker
+    whose recipe differs, a mixed-precision setting, say, cannot go on from it)."""
     try:
         download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=artifact_id)
-        return Checkpoint.read(path), None
+        checkpoint = Checkpoint.read(path)
     except Exception as e:  # a deleted or damaged file, a store that cannot be reached
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return None, f"its checkpoint {artifact_id} cannot be read ({first})"
+    why = checkpoint.mismatch(training)
+    return (checkpoint, None) if why is None else (None, f"its checkpoint {artifact_id} cannot be used: {why}")
 
 
 def _rungs(record: TrialRecord, result: TrainResult) -> list[dict[str, Any]]:

@@ -127,11 +127,13 @@ class GreedyStrategy(Strategy):
         history = search_trials(history)
         latest = latest_by_hash(history)
         start_hash = sp.start.arch_hash()
-        # With successive halving, a step's parent and control are evaluated at every rung on their way:
-        # the step's candidates at a rung are compared with them at the same iteration.
+        # With successive halving, a step's baseline (the control with inherited weights, else the parent)
+        # is evaluated at every rung on its way: the candidates at a rung are compared with it there.
         rungs = sp.greedy.rung_iters(sp.training.candidate_iters) if sp.greedy.halving else ()
+        inherit = sp.training.init == "inherit"
         if start_hash not in latest:
-            start = TrialRecord(sp.start, strategy=self.name, step=0, parent=None, steplen=0, eval_at=rungs[:-1])
+            eval_at = rungs[:-1] if not inherit else ()
+            start = TrialRecord(sp.start, strategy=self.name, step=0, parent=None, steplen=0, eval_at=eval_at)
             return Decision.propose([start])
         parent = latest[start_hash]
         if not parent.complete:
@@ -155,7 +157,6 @@ class GreedyStrategy(Strategy):
                 plan = StepPlan.from_dict(stored)
             if not plan.candidates:
                 return Decision.done(plan.reason)
-            inherit = sp.training.init == "inherit"
             missing = [
                 TrialRecord(
                     c.arch,

@@ -335,8 +335,12 @@ def test_a_checkpoint_resumes_only_its_own_recipe_and_a_damaged_one_says_so(tmp_
     kw = dict(progress=False, train_set=Stripes(), val_set=Stripes(n=6, seed=99))
     train_and_evaluate(SMALL_NET, _config(iters=12), until=4, checkpoint=tmp_path / "c.pt", **kw)
     c = Checkpoint.read(tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="another recipe"):
+    with pytest.raises(ValueError, match=r"another recipe \(lr differ\); it cannot be resumed"):
         train_and_evaluate(SMALL_NET, _config(iters=12, lr=0.01), resume=c, **kw)
+    # Where it runs may change (another worker, another evaluation batch); what it computes may not.
+    assert c.mismatch(_config(iters=12, eval_batch=2, workers=1)) is None
+    why = c.mismatch(_config(iters=12, seed=1, batch=2))
+    assert why == "the checkpoint was trained with another recipe (batch, seed differ)"
     with pytest.raises(ValueError, match="stopped at iteration 4; nothing to train up to 4"):
         train_and_evaluate(SMALL_NET, _config(iters=12), until=4, resume=c, **kw)
     with pytest.raises(ValueError, match="until must be 1 to iters"):
