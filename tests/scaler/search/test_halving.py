@@ -18,7 +18,7 @@ from scaler.errors import UserError
 from scaler.proxy.train import train_and_evaluate
 from scaler.search.run import run_search
 from scaler.search.space import space_from_dict
-from scaler.search.store import open_run
+from scaler.search.store import RunStore, distributions, open_run, open_storage
 from scaler.search.strategies import GreedyStrategy, SearchContext, StepDecision, TrialRecord
 from scaler.search.strategies.halving import RungVerdict, rung_verdicts
 
@@ -261,3 +261,34 @@ def test_inherited_candidates_train_their_own_shorter_schedule_and_halving_cuts_
     assert {p.train_until for p in step if not p.is_control} == {2}
     (control,) = [p for p in step if p.is_control]
     assert control.eval_at == (2, 4) and control.train_until is None
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_store_pauses_resumes_and_prunes_a_trial_in_a_journal_and_a_database(tmp_path, kind):
+    """The same transitions in the run's journal and in an RDB storage (what PostgreSQL runs use)."""
+    url = None if kind == "journal" else f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    store = RunStore(open_storage(url, tmp_path), "s", 19)
+    dists = distributions(_space().constraints)
+    arch = dataclasses.replace(TINY, num_classes=19)
+    for _ in range(2):
+        store.add(TrialRecord(arch, step=1, train_until=2, latency={"median_ms": 1.0}), dists)
+    first = store.claim()
+    assert first is not None and first.record.train_until == 2
+    store.report(first, [{"iters": 2, "miou": 0.25}])
+    assert store.pause(first, {"rungs": [{"iters": 2, "miou": 0.25}]})
+    second = store.claim()  # the paused one is skipped
+    assert second is not None and second.number != first.number and store.claim() is None
+    record = next(r for r in store.records() if r.number == first.number)
+    assert record.paused and not record.pending and record.state == TrialState.WAITING
+    assert store.resume(first.number, 4) and not store.resume(first.number, 4)  # a replay does nothing
+    again = store.claim()
+    assert again is not None and again.number == first.number and again.record.train_until == 4
+    assert store.pause(again, {}) and store.prune(first.number, "halving")
+    assert not store.prune(first.number, "halving")
+    trial = next(t for t in store.trials() if t.number == first.number)
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {2: 0.25}
+    pruned = TrialRecord.from_trial(trial)
+    assert pruned.pruned == "halving" and not pruned.paused and pruned.miou_by_iters == {2: 0.25}
+    # A copy queued again keeps the rungs reached as its intermediate values.
+    copy = store.add(dataclasses.replace(pruned, number=None, state=None).requeued(first.number), dists)
+    assert next(t for t in store.trials() if t.number == copy).intermediate_values == {2: 0.25}
