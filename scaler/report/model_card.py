@@ -142,9 +142,7 @@ def model_card(
                 if schedule.get("init") == "inherit" and not fallback
                 else ""
             )
-            + (
-                f" Inherited training was asked, but this network trained from scratch: {fallback}." if fallback else ""
-            ),
+            + (f" Inherited training was asked, but it trained from scratch: {fallback}." if fallback else ""),
             "",
             *_table(
                 ["schedule", "value"],

@@ -195,11 +195,23 @@ def inherited_state(
     child = record.arch
     assert isinstance(parent.arch, LPSNetArch) and isinstance(child, LPSNetArch)  # the search grows LPS-Nets
     check_growth(parent.arch, child)  # before any file: a child that is no growth is a bug, not a lost file
-    try:
-        with tempfile.TemporaryDirectory(prefix="inherit-") as tmp:
-            path = Path(tmp) / "weights.pt"
+    what = f"the weights of trial #{number} ({parent.weights_artifact})"
+    with tempfile.TemporaryDirectory(prefix="inherit-") as tmp:
+        path = Path(tmp) / "weights.pt"
+        try:
             download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=parent.weights_artifact)
+        except ArtifactNotFound as e:
+            raise InheritError(
+                f"{what} are not in the artifact store (deleted, or this worker sees another store than the "
+                "search's: give it --artifacts URL)"
+            ) from e
+        except Exception as e:  # a store that cannot be reached (network, credentials, permissions)
+            raise InheritError(f"{what} cannot be fetched from the artifact store: {error_line(e)}") from e
+        try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch's message is a page of advice about pickles: the kind says enough
+            raise InheritError(f"{what} are damaged: not a weights file torch can load ({type(e).__name__})") from e
+    try:
         parent_arch = arch_from_dict(blob["arch"])
         if not isinstance(parent_arch, LPSNetArch):
             raise TypeError(f"it holds a {type(parent_arch).__name__}, not an LPS-Net")
@@ -208,15 +220,8 @@ def inherited_state(
         child = dataclasses.replace(child, num_classes=parent_arch.num_classes)  # both fitted to the dataset
         noise = 0.0 if child == parent_arch else GROWTH_NOISE
         state = grow_state_dict(blob["state_dict"], parent_arch, child, noise=noise, seed=seed)
-    except ArtifactNotFound as e:
-        raise InheritError(
-            f"the weights of trial #{number} ({parent.weights_artifact}) are not in the artifact store (deleted, "
-            "or this worker sees another store than the search's: give it --artifacts URL)"
-        ) from e
-    except Exception as e:  # a store that cannot be reached, a damaged or foreign file
-        raise InheritError(
-            f"the weights of trial #{number} ({parent.weights_artifact}) cannot be read: {error_line(e)}"
-        ) from e
+    except Exception as e:  # a file that loads but is not the parent's weights (foreign, cut, edited)
+        raise InheritError(f"{what} are damaged: {error_line(e)}") from e
     return state, {"from_trial": number, "weights_artifact": parent.weights_artifact, "growth_noise": noise}
 
 

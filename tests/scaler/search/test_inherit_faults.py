@@ -5,6 +5,7 @@ a shared artifact store (S3 through moto, or a folder); a search SIGKILLed mid-r
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import scaler.search.worker as worker_mod
 from scaler.errors import UserError
 from scaler.proxy.train import TrainConfig
 from scaler.report import summarize_run
+from scaler.report.model_card import model_card
 from scaler.report.render import format_frontier
 from scaler.search.expand import Constraints
 from scaler.search.inherit import ARTIFACTS_ATTR, artifact_store, artifacts_url, run_artifacts
@@ -99,8 +101,10 @@ def test_a_damaged_weights_file_is_a_fallback_too(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:100])  # cut short, as a full disk or a dead copy leaves it
     ok, child, _ = _evaluate_child(store, run_dir)
     assert ok and child.inherited["fallback"] == "scratch"
-    assert child.inherited["reason"].startswith(f"the weights of trial #0 ({parent.weights_artifact}) cannot be read: ")
-    assert "\n" not in child.inherited["reason"] and len(child.inherited["reason"]) < 320
+    assert child.inherited["reason"] == (
+        f"the weights of trial #0 ({parent.weights_artifact}) are damaged: not a weights file torch can load "
+        "(RuntimeError)"
+    )
     assert trainer.calls[-1] == (A_DEPTH.inline(), False, "scratch")
     # Weights that load but are not the parent's (another network's file) are no better.
     other = run_dir / "artifacts" / child.weights_artifact
@@ -111,7 +115,7 @@ def test_a_damaged_weights_file_is_a_fallback_too(tmp_path, monkeypatch):
     again = store.records()[2]
     assert ok and again.inherited["fallback"] == "scratch"
     assert again.inherited["reason"].endswith(
-        f"cannot be read: ValueError: it holds the weights of {A_DEPTH.inline()}, not of {TINY.inline()}"
+        f"are damaged: ValueError: it holds the weights of {A_DEPTH.inline()}, not of {TINY.inline()}"
     )
 
 
@@ -225,11 +229,21 @@ def fake_search(tmp_path, monkeypatch):
     return trainer
 
 
+def _need(module: str) -> Any:
+    """``module``, or a skip where it is not installed (in CI, ``CI=true``, an error: the dev extra has it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{module} is not installed; the dev extra (pip install -e '.[dev]') installs it")
+        pytest.skip(f"{module} is not installed (pip install -e '.[dev]')")
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """An S3 store in this process (moto), with a bucket ``lps``."""
-    pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
+    _need("boto3")
+    moto = _need("moto")
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -280,7 +294,7 @@ def test_a_search_keeps_its_weights_in_a_shared_s3_store(tmp_path, fake_search, 
 
 
 def test_an_unreachable_store_is_a_fallback_and_the_search_goes_on(tmp_path, fake_search, monkeypatch):
-    pytest.importorskip("boto3")
+    _need("boto3")
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -323,8 +337,20 @@ def test_the_search_goes_on_when_the_start_weights_are_damaged_and_says_so(tmp_p
     assert summary.complete == summary.trials == 4 and summary.stop_reason
     fallbacks = [r for r in open_run(run_dir).records() if (r.inherited or {}).get("fallback") == "scratch"]
     assert [r.number for r in fallbacks] == [1, 2, 3]
-    text = format_frontier(summarize_run(run_dir))
-    assert "3 trials trained from scratch instead of inheriting (#1, #2, #3): " in text
+    report = summarize_run(run_dir)
+    reason = fallbacks[0].inherited["reason"]
+    start = open_run(run_dir).records()[0]
+    assert reason == (
+        f"the weights of trial #0 ({start.weights_artifact}) are damaged: not a weights file torch can load "
+        "(UnpicklingError)"
+    )
+    assert f"3 trials trained from scratch instead of inheriting (#1, #2, #3): {reason}" in format_frontier(report)
+    assert report.to_dict()["scratch_fallbacks"] == {r.number: r.inherited["reason"] for r in fallbacks}
+    # An exported candidate's card says how it really trained.
+    first = fallbacks[0]
+    card = model_card(open_run(run_dir), run_dir, 1, "test", first.arch, first, {}, {}, (1, 3, 64, 128), False, True)
+    assert f"Inherited training was asked, but it trained from scratch: {reason}." in card
+    assert "started from its parent's trained weights" not in card
 
     # Strict: the same loss fails the candidates, with the reason, and the search still ends.
     strict_dir = tmp_path / "strict"
@@ -389,3 +415,30 @@ def test_kill_9_of_an_inherited_search_keeps_every_trial_weights_and_trains_noth
     keys = [(t.arch_hash, t.control_of, t.inherit_from) for t in complete]
     assert len(keys) == len(set(keys))
     assert any(t.is_control for t in complete) and open_run(run_dir).get("status") == "finished"
+
+
+def test_a_worker_given_a_store_it_cannot_read_trains_from_scratch(tmp_path, monkeypatch, s3):
+    run_dir = tmp_path / "run"
+    store, parent, _ = _parent_and_child(run_dir, monkeypatch, artifacts_url="s3://lps/w")
+    assert _keys(s3) == {f"w/{parent.weights_artifact}"}
+    # This worker's own --artifacts names a bucket that does not exist (a typo, another account).
+    ok, child, lines = _evaluate_child(store, run_dir, artifacts_url="s3://missing/w")
+    assert ok and child.inherited["fallback"] == "scratch"
+    assert child.inherited["reason"] == (
+        f"the weights of trial #0 ({parent.weights_artifact}) are not in the artifact store (deleted, or this "
+        "worker sees another store than the search's: give it --artifacts URL)"
+    )
+    assert lines[0].startswith("warning: trial #1 ") and lines[1].startswith("warning: trial #1: its weights cannot")
+
+
+def test_a_store_that_fails_to_read_is_a_fallback_with_its_error(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    store, parent, _ = _parent_and_child(run_dir, monkeypatch)
+    path = run_dir / "artifacts" / parent.weights_artifact
+    path.unlink()
+    path.mkdir()  # stands for any error of the store itself (a folder where its file was)
+    ok, child, _ = _evaluate_child(store, run_dir)
+    assert ok and child.inherited["reason"] == (
+        f"the weights of trial #0 ({parent.weights_artifact}) cannot be fetched from the artifact store: "
+        f"IsADirectoryError: [Errno 21] Is a directory: '{path}'"
+    )
