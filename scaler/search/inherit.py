@@ -70,6 +70,12 @@ _URL_FORMS = "s3://BUCKET[/PREFIX] or a folder path"
 def artifacts_url(url: str) -> str:
     """``url`` as a run records it: ``s3://BUCKET[/PREFIX]`` without a trailing slash, or an absolute folder.
 
+    Args:
+        url: What the user gave (``--artifacts``).
+
+    Returns:
+        The normalized URL (two spellings of one store compare equal).
+
     Raises:
         UserError: Another scheme, or an ``s3://`` URL without a bucket.
     """
@@ -130,7 +136,11 @@ def _s3_store(url: str) -> ArtifactStore:
     from optuna.artifacts import Boto3ArtifactStore
 
     bucket, _, prefix = url[len("s3://") :].partition("/")
-    inner = Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+    try:
+        client = boto3.client("s3")
+    except Exception as e:  # a malformed AWS setting (an endpoint that is no URL, an unknown profile)
+        raise UserError(f"--artifacts {url}: cannot set up S3 ({error_line(e)}); check the AWS_* settings") from None
+    inner = Boto3ArtifactStore(bucket, client=client)
     return _Prefixed(inner, f"{prefix}/") if prefix else inner
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fake_search import FakeLatency, fake_train_saving, tiny_space
 from optuna.trial import TrialState
 from paired_standin import FakePaired
@@ -22,6 +23,7 @@ from run_builder import A_DEPTH, TINY, fake_latency, make_run
 
 import scaler.search.run as run_mod
 import scaler.search.worker as worker_mod
+from scaler.cli import main
 from scaler.errors import UserError
 from scaler.proxy.train import TrainConfig
 from scaler.report import summarize_run
@@ -192,6 +194,14 @@ def test_artifact_urls_are_checked_in_one_line(tmp_path, monkeypatch):
         with pytest.raises(UserError) as e:
             artifacts_url(bad)
         assert str(e.value) == message
+    _need("boto3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "minio:9000")  # no scheme
+    with pytest.raises(UserError) as e:
+        artifact_store(None, "s3://bucket/p")
+    assert str(e.value) == (
+        "--artifacts s3://bucket/p: cannot set up S3 (ValueError: Invalid endpoint: minio:9000); check the AWS_* "
+        "settings"
+    )
     monkeypatch.setitem(sys.modules, "boto3", None)  # not installed
     with pytest.raises(UserError) as e:
         artifact_store(None, "s3://bucket/p")
@@ -442,3 +452,16 @@ def test_a_store_that_fails_to_read_is_a_fallback_with_its_error(tmp_path, monke
         f"the weights of trial #0 ({parent.weights_artifact}) cannot be fetched from the artifact store: "
         f"IsADirectoryError: [Errno 21] Is a directory: '{path}'"
     )
+
+
+def test_the_command_line_takes_the_store_and_refuses_a_bad_one_before_touching_the_run(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(tiny_space("cli", 1).replace("seed: 0}", "seed: 0, init: inherit}"))
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, ["search", "--space", str(space), "--out", str(run_dir), "--artifacts", "gs://b/p"])
+    assert r.exit_code != 0 and r.output == (
+        "error: --artifacts 'gs://b/p': not a store this tool can use; give s3://BUCKET[/PREFIX] or a folder path\n"
+    )
+    assert not run_dir.exists()
+    worker = CliRunner().invoke(main, ["worker", "--help"])
+    assert "--artifacts URL" in worker.output
