@@ -76,6 +76,15 @@ class StrategyChoice(click.Choice):
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baseline samplers.")
 @click.option("--keep-weights", is_flag=True, help="Keep every candidate's proxy-trained weights in RUN/weights.")
+@click.option(
+    "--artifacts",
+    "artifacts_url",
+    default=None,
+    metavar="URL",
+    help="Where inherited weights (training.init: inherit) are kept, for workers on several hosts: "
+    "s3://BUCKET[/PREFIX] (endpoint and keys from the AWS settings, such as AWS_ENDPOINT_URL; needs "
+    "lps-scaler[s3]) or a folder on a shared mount; recorded in the run. Default: RUN/artifacts.",
+)
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def search_cmd(
@@ -86,6 +95,7 @@ def search_cmd(
     strategy: str,
     seed: int,
     keep_weights: bool,
+    artifacts_url: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -123,6 +133,7 @@ def search_cmd(
             workers=workers,
             seed=seed,
             keep_weights=keep_weights,
+            artifacts_url=artifacts_url,
             log=log,
             progress=False if quiet or as_json else None,
         )
@@ -160,6 +171,14 @@ def search_cmd(
     help="The run folder, as this host sees it (a shared mount): inherited weights (training.init: inherit) "
     "are fetched from and kept in its artifacts/, and kept weights inside it are recorded relative to it.",
 )
+@click.option(
+    "--artifacts",
+    "artifacts_url",
+    default=None,
+    metavar="URL",
+    help="This host's way to the run's store of inherited weights (s3://BUCKET[/PREFIX] or a folder); "
+    "default: the one given to scaler search, else --run-dir's artifacts/.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or per-trial lines.")
 def worker_cmd(
     storage: str,
@@ -169,6 +188,7 @@ def worker_cmd(
     max_idle: float | None,
     parent_pid: int | None,
     run_dir: str | None,
+    artifacts_url: str | None,
     quiet: bool,
 ) -> None:
     """Train queued candidates of a search until it finishes (run it on any machine)."""
@@ -189,6 +209,7 @@ def worker_cmd(
             max_idle_s=max_idle,
             parent_pid=parent_pid,
             run_dir=Path(run_dir) if run_dir else None,
+            artifacts_url=artifacts_url,
             log=log,
             progress=False if quiet else None,
         )

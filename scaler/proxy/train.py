@@ -36,6 +36,7 @@ from scaler.proxy.data import DataError, SegmentationDataset, open_dataset
 from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion, scores
 
 __all__ = [
+    "INHERIT_MISSING",
     "INIT_MODES",
     "LOSSES",
     "Checkpoint",
@@ -52,6 +53,7 @@ __all__ = [
 
 
 INIT_MODES = ("scratch", "inherit")
+INHERIT_MISSING = ("scratch", "fail")
 LOSSES = ("ce", "ohem")
 
 
@@ -84,6 +86,9 @@ class TrainConfig:
             weights (its own warm-up and decay): it goes on from a trained network, so it can be shorter
             than ``iters``, which the start network (and every from-scratch training) gets.
             ``None``: ``iters``.
+        inherit_missing: With ``init: inherit``, what a candidate whose parent's weights cannot be had
+            (none kept, the file deleted or damaged, the store unreachable) does: ``scratch`` trains it
+            from scratch and records why; ``fail`` fails it with the reason (strict inheritance).
         device: ``cpu``, ``cuda`` or ``cuda:i``.
         amp: Mixed precision; ``None``: on for CUDA, off on the CPU.
         channels_last: ``None``: on for CUDA, off on the CPU.
@@ -111,6 +116,7 @@ class TrainConfig:
     ohem_min_kept: float = 1 / 16
     init: str = "scratch"
     inherit_iters: int | None = None
+    inherit_missing: str = "scratch"
     device: str = "cpu"
     amp: bool | None = None
     channels_last: bool | None = None
@@ -138,6 +144,12 @@ class TrainConfig:
                 self.inherit_iters,
                 "must be >= 1",
             ),
+            (
+                self.inherit_missing in INHERIT_MISSING,
+                "inherit_missing",
+                self.inherit_missing,
+                f"must be one of {', '.join(INHERIT_MISSING)}",
+            ),
             (self.loss in LOSSES, "loss", self.loss, f"must be one of {', '.join(LOSSES)}"),
             (0 < self.ohem_thresh < 1, "ohem_thresh", self.ohem_thresh, "must be a probability in (0, 1)"),
             (0 < self.ohem_min_kept <= 1, "ohem_min_kept", self.ohem_min_kept, "must be a fraction in (0, 1]"),
@@ -160,9 +172,12 @@ class TrainConfig:
         return self.warmup_iters if self.warmup_iters is not None else max(0, self.iters // 20)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form; ``init`` only when it is not ``scratch``, ``inherit_iters`` only when set, ``loss`` and
-        its knobs only when it is not ``ce`` (what every run before them trained with)."""
+        """Plain-data form; ``init`` only when it is not ``scratch``, ``inherit_iters`` only when set,
+        ``inherit_missing`` only when it is not ``scratch`` with ``init: inherit``, ``loss`` and its knobs only
+        when it is not ``ce`` (what every run before them trained with)."""
         out = dataclasses.asdict(self)
+        if out["inherit_missing"] == "scratch" or out["init"] == "scratch":  # it means nothing without inherit
+            del out["inherit_missing"]
         if out["init"] == "scratch":
             del out["init"]
         if out["inherit_iters"] is None:

@@ -119,6 +119,8 @@ def model_card(
     miou = train.get("miou")
     dataset = space.get("dataset") or config.get("dataset") or "unknown"
     schedule = {**(space.get("training") or {}), **config}
+    inherited = record.inherited or {}
+    fallback = inherited.get("reason") if inherited.get("fallback") == "scratch" else None
     if miou is not None:
         size = space.get("input_size")
         where = [
@@ -137,9 +139,10 @@ def model_card(
             + (
                 " Inherited training: the network started from its parent's trained weights (grown), so this "
                 "number is not comparable with from-scratch ones."
-                if schedule.get("init") == "inherit"
+                if schedule.get("init") == "inherit" and not fallback
                 else ""
-            ),
+            )
+            + (f" Inherited training was asked, but it trained from scratch: {fallback}." if fallback else ""),
             "",
             *_table(
                 ["schedule", "value"],

@@ -40,6 +40,18 @@ __all__ = [
 ]
 
 
+def _fallback_lines(fallbacks: dict[int, str]) -> list[str]:
+    """One line for the trials that trained from scratch instead of inheriting, with the first reason."""
+    if not fallbacks:
+        return []
+    numbers = ", ".join(f"#{n}" for n in sorted(fallbacks))
+    first = fallbacks[min(fallbacks)]
+    return [
+        f"{len(fallbacks)} trial{'s' if len(fallbacks) > 1 else ''} trained from scratch instead of inheriting "
+        f"({numbers}): {first}"
+    ]
+
+
 def format_frontier(report: FrontierReport) -> str:
     """A run's frontier report: one frontier trial per line, fastest first; then named models, hypervolume."""
     words = {
@@ -65,6 +77,7 @@ def format_frontier(report: FrontierReport) -> str:
             if report.info.inherited
             else []
         ),
+        *_fallback_lines(report.scratch_fallbacks),
         "",
     ]
     if report.frontier.empty:

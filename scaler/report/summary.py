@@ -176,7 +176,8 @@ class FrontierReport:
     ``counts``: trials by Optuna state, ``total``, and the evaluations cut short apart from their
     state: ``STOPPED`` (by SIGINT/SIGTERM), ``DIED`` (a dead worker), ``INTERRUPTED`` (RUNNING, its
     worker gone); ``FAIL`` counts only real failures. ``status``: ``running``, ``finished``,
-    ``stopped``, with the reason.
+    ``stopped``, with the reason. ``scratch_fallbacks``: the trials of an inherited run that trained from
+    scratch because their parent's weights could not be had, with the reason.
     """
 
     run_dir: Path
@@ -187,8 +188,11 @@ class FrontierReport:
     references: pd.DataFrame
     hypervolume: Hypervolume
     files: dict[str, Path]
+    scratch_fallbacks: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        # Only when there are some: the JSON of runs without them reads as it did.
+        fallbacks = {"scratch_fallbacks": self.scratch_fallbacks} if self.scratch_fallbacks else {}
         return {
             "run": str(self.run_dir),
             "info": self.info._asdict(),
@@ -198,6 +202,7 @@ class FrontierReport:
             "references": _records(self.references, ["reference", *_REPORT_COLUMNS]),
             "hypervolume": self.hypervolume.to_dict(),
             "files": {k: str(v) for k, v in self.files.items()},
+            **fallbacks,
         }
 
 
@@ -240,4 +245,9 @@ def summarize_run(
         references=refs,
         hypervolume=run_hypervolume(store, df, ref_latency_ms=ref_latency_ms),
         files=write_tables(run_dir, store) if write else {},
+        scratch_fallbacks={
+            t.number: str(t.inherited.get("reason"))
+            for t in store.records()
+            if t.number is not None and t.inherited and t.inherited.get("fallback") == "scratch"
+        },
     )

@@ -35,9 +35,11 @@ from scaler.errors import UserError
 from scaler.measure import LatencyCache, PairedResult, measure_latency, measure_paired
 from scaler.measure.load import busy_share
 from scaler.proxy.data import open_dataset
+from scaler.search.inherit import ARTIFACTS_ATTR, artifact_store
+from scaler.search.inherit import artifacts_url as normalize_artifacts_url
 from scaler.search.progress import SearchBars
 from scaler.search.record import DIED, STOPPED, Attr, TrialRecord
-from scaler.search.run_folder import WEIGHTS_DIR, check_run_dir, exclusive, write_record
+from scaler.search.run_folder import ARTIFACTS_DIR, WEIGHTS_DIR, check_run_dir, exclusive, write_record
 from scaler.search.space import SearchSpace
 from scaler.search.stops import Stopped, mark_stopped, stop_on_signals
 from scaler.search.store import RunStore, distributions, open_storage
@@ -96,6 +98,7 @@ def run_search(
     workers: int = 0,
     seed: int = 0,
     keep_weights: bool = False,
+    artifacts_url: str | None = None,
     latency_cache: LatencyCache | None = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool | None = None,
@@ -110,6 +113,8 @@ def run_search(
             ``tpe``, ``nsga2``); see :func:`~scaler.search.strategies.list_strategies`.
         workers: Local worker processes; 0 trains in this process.
         keep_weights: Keep each candidate's proxy-trained weights in ``run_dir/weights``.
+        artifacts_url: A shared store for inherited weights (``s3://BUCKET[/PREFIX]`` or a folder),
+            recorded in the study for every worker; ``None``: the one recorded, else ``RUN/artifacts``.
         latency_cache: Where measured latencies are cached (default: the user cache).
         log: Receives the decisions and results as one-line messages.
 
@@ -120,6 +125,10 @@ def run_search(
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
+    if artifacts_url is not None:  # a bad URL, or boto3 missing: said before the run folder is touched
+        artifacts_url = normalize_artifacts_url(artifacts_url)
+        if space.training.init == "inherit":
+            artifact_store(None, artifacts_url)
     session_start = datetime.datetime.now()
     strategy_cls = strategy_class(strategy)
     info = open_dataset(space.dataset, "val", seed=space.training.seed).info
@@ -156,6 +165,7 @@ def run_search(
             store.put("space", _space_record(space, list(info.class_names)))
             store.put("class_names", list(info.class_names))
             store.put("strategy", strategy)
+        _record_artifacts(store, artifacts_url, space, run_dir)
         store.put("status", "running")
         store.put("stop_reason", None)  # the last session's, if any: not why this one will stop
         try:
@@ -328,6 +338,22 @@ def _trained_elsewhere(trials: Sequence[Any], since: datetime.datetime) -> float
         train = record.train or {}
         total += float(train.get("train_seconds") or 0.0) + float(train.get("eval_seconds") or 0.0)
     return total
+
+
+def _record_artifacts(store: RunStore, url: str | None, space: SearchSpace, run_dir: Path) -> None:
+    """Record the run's shared artifact store ``url`` (checked by :func:`artifacts_url`); a run keeps its own.
+
+    Raises:
+        UserError: ``url`` is not the store the run's inherited weights are in.
+    """
+    if url is None:
+        return
+    recorded = store.get(ARTIFACTS_ATTR)
+    if recorded is None and space.training.init == "inherit" and store.trials():
+        recorded = str((run_dir / ARTIFACTS_DIR).resolve())  # the weights kept so far are in the run folder
+    if recorded is not None and recorded != url:
+        raise UserError(f"{run_dir}: this run keeps its weights in {recorded}, not {url}; resume without --artifacts")
+    store.put(ARTIFACTS_ATTR, url)
 
 
 def _measurement_failed(e: RuntimeError, space: SearchSpace, run_dir: Path, what: str) -> UserError:

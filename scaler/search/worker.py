@@ -25,7 +25,14 @@ from optuna.artifacts import download_artifact
 
 from models import GrowthError
 from scaler.proxy.train import Checkpoint, TrainConfig, TrainResult, train_and_evaluate
-from scaler.search.inherit import InheritError, artifact_store, inherited_state, keep_weights
+from scaler.search.inherit import (
+    ARTIFACTS_ATTR,
+    InheritError,
+    error_line,
+    inherited_state,
+    keep_weights,
+    run_artifacts,
+)
 from scaler.search.record import Attr, TrialRecord
 from scaler.search.run_folder import JOURNAL_NAME
 from scaler.search.space import space_from_dict
@@ -44,10 +51,14 @@ def evaluate_claim(
     *,
     weights_dir: Path | None = None,
     run_dir: Path | None = None,
+    artifacts_url: str | None = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool | None = None,
 ) -> bool:
     """Train a claimed candidate and record the result (COMPLETE, or FAIL with the reason).
+
+    A candidate whose parent's weights cannot be had trains from scratch, its ``inherited`` saying
+    why (``fallback``, ``reason``), or fails with the reason under ``training.inherit_missing: fail``.
 
     Args:
         store: The run's study.
@@ -55,6 +66,8 @@ def evaluate_claim(
         training: The recipe.
         weights_dir: Keep the trained weights here (``trial_<number>.pt``).
         run_dir: The run folder: kept weights inside it are recorded relative to it.
+        artifacts_url: This worker's own way to the run's artifact store (``None``: the run's, see
+            :func:`~scaler.search.inherit.run_artifacts`).
         log: Receives one line per result.
         progress: Show the training progress bar (``None``: when stderr is a terminal).
 
@@ -73,10 +86,20 @@ def evaluate_claim(
     attrs: dict[str, Any] = {}
     init_state = None
     with contextlib.ExitStack() as stack:
-        artifacts = artifact_store(run_dir) if (inherit or halving) and run_dir is not None else None
-        if (inherit or halving) and artifacts is None:
+        artifacts = None
+        # Parents' weights, or the checkpoints of rungs (evaluating on the way needs no store).
+        needs = inherit or record.train_until is not None or record.checkpoint_artifact is not None
+        if needs and (run_dir is not None or artifacts_url or store.get(ARTIFACTS_ATTR)):
+            artifacts = run_artifacts(store, run_dir, artifacts_url)
+        if needs and artifacts is None:
             what = "inherited training" if inherit else "successive halving"
-            return _fail(store, claim, f"{what} needs the run folder: start the worker with --run-dir RUN", log)
+            return _fail(
+                store,
+                claim,
+                f"{what} needs the run folder or a shared store: start the worker with --run-dir RUN "
+                "or --artifacts URL",
+                log,
+            )
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trial-")))
         resume = None
         if record.checkpoint_artifact is not None:
@@ -88,8 +111,14 @@ def evaluate_claim(
         if inherit and record.inherit_from is not None and resume is None:
             try:
                 init_state, attrs[Attr.INHERITED] = inherited_state(store, record, artifacts, seed=claim.number)
-            except (InheritError, GrowthError) as e:
+            except GrowthError as e:  # a child that is no growth of its parent is a bug, not a lost file
                 return _fail(store, claim, str(e), log)
+            except InheritError as e:
+                if training.inherit_missing == "fail":
+                    return _fail(store, claim, f"{e} (training.inherit_missing: fail)", log)
+                attrs[Attr.INHERITED] = {"from_trial": record.inherit_from, "fallback": "scratch", "reason": str(e)}
+                training = dataclasses.replace(training, init="scratch")  # what it really trains with
+                log(f"warning: trial #{claim.number} {claim.arch.inline()} trains from scratch: {e}")
         until = record.train_until if record.train_until is not None and record.train_until < training.iters else None
         kept = None if weights_dir is None else weights_dir / f"trial_{claim.number:05d}.pt"
         save = kept if until is None else None
@@ -110,9 +139,15 @@ def evaluate_claim(
                 eval_at=record.eval_at,
             )
         if artifacts is not None and save is not None and result.ok:
-            attrs[Attr.WEIGHTS_ARTIFACT] = keep_weights(store, claim, save, artifacts)
+            try:
+                attrs[Attr.WEIGHTS_ARTIFACT] = keep_weights(store, claim, save, artifacts)
+            except Exception as e:  # a store that cannot be written: the result stands, its children start afresh
+                log(f"warning: trial #{claim.number}: its weights cannot be kept ({error_line(e)})")
         if artifacts is not None and checkpoint is not None and result.ok:
-            attrs[Attr.CHECKPOINT] = keep_weights(store, claim, checkpoint, artifacts)
+            try:  # without its checkpoint the trial cannot go on from this rung: a failure that says why
+                attrs[Attr.CHECKPOINT] = keep_weights(store, claim, checkpoint, artifacts)
+            except Exception as e:
+                return _fail(store, claim, f"its checkpoint at a rung cannot be kept ({error_line(e)})", log)
     attrs[Attr.TRAIN] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
     if halving and result.ok:
         rungs = _rungs(record, result)
@@ -217,13 +252,17 @@ def run_worker(
     max_idle_s: float | None = None,
     parent_pid: int | None = None,
     run_dir: Path | None = None,
+    artifacts_url: str | None = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool | None = None,
 ) -> int:
     """Evaluate queued candidates of a study until the search finishes; returns how many were evaluated.
 
+    ``artifacts_url`` is this host's way to the run's store of inherited weights (``None``: the store
+    the search recorded, else ``RUN/artifacts`` of ``run_dir``).
+
     Raises:
-        UserError: Unreachable storage, or no such study.
+        UserError: Unreachable storage, no such study, or an artifact store that cannot be used.
         Stopped: SIGINT or SIGTERM stopped the worker; the trial it was training is queued again
             (the copy's number in ``requeued``).
     """
@@ -249,8 +288,12 @@ def run_worker(
     stored.pop("num_classes", None)
     space = space_from_dict(stored, source=f"study {study_name}")
     training = space.training if device is None else dataclasses.replace(space.training, device=device)
+    if training.init == "inherit" and (artifacts_url or store.get(ARTIFACTS_ATTR)):
+        run_artifacts(store, run_dir, artifacts_url)  # a bad URL or boto3 missing: said now, not per candidate
     try:
-        return _evaluate_queued(store, training, poll_s, max_idle_s, parent_pid, weights_dir, run_dir, log, progress)
+        return _evaluate_queued(
+            store, training, poll_s, max_idle_s, parent_pid, weights_dir, run_dir, artifacts_url, log, progress
+        )
     except Stopped as stop:
         # From the claim on, wherever the signal came: the trial this process holds is queued again.
         mark_stopped(store, stop, [os.getpid()])
@@ -265,6 +308,7 @@ def _evaluate_queued(
     parent_pid: int | None,
     weights_dir: Path | None,
     run_dir: Path | None,
+    artifacts_url: str | None,
     log: Callable[[str], None],
     progress: bool | None,
 ) -> int:
@@ -282,6 +326,15 @@ def _evaluate_queued(
                 return done
             time.sleep(poll_s)
             continue
-        evaluate_claim(store, claim, training, weights_dir=weights_dir, run_dir=run_dir, log=log, progress=progress)
+        evaluate_claim(
+            store,
+            claim,
+            training,
+            weights_dir=weights_dir,
+            run_dir=run_dir,
+            artifacts_url=artifacts_url,
+            log=log,
+            progress=progress,
+        )
         done += 1
         idle_since = time.monotonic()

@@ -3,8 +3,8 @@ run a search or a worker as a real process (to signal it, kill it, resume it) in
 
 Run it as ``python tests/helpers/fake_cli.py search --space ... --out ...``. Latency comes from
 :func:`fake_search.fake_ms` (paired passes from :class:`paired_standin.FakePaired`); training from
-:func:`fake_search.fake_train`, after sleeping ``FAKE_TRAIN_S`` seconds (default 0): the window in
-which a test stops the process mid-training.
+:func:`fake_search.fake_train_saving` (weights written when asked), after sleeping ``FAKE_TRAIN_S``
+seconds (default 0): the window in which a test stops the process mid-training.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from fake_search import FakeLatency, fake_train
+from fake_search import FakeLatency, fake_train_saving
 from paired_standin import FakePaired
 
 import scaler.search.run as run_mod
@@ -24,9 +24,9 @@ from scaler.proxy.train import TrainConfig, TrainResult
 
 
 def slow_train(arch: SegArch, config: TrainConfig, **kw: Any) -> TrainResult:
-    """:func:`fake_search.fake_train`, taking ``FAKE_TRAIN_S`` seconds."""
+    """:func:`fake_search.fake_train_saving`, taking ``FAKE_TRAIN_S`` seconds."""
     time.sleep(float(os.environ.get("FAKE_TRAIN_S", "0")))
-    return fake_train(arch, config)
+    return fake_train_saving(arch, config, **kw)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ never on the machine's load or on real training (which these tests do not test).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from models import LPSNetArch, SegArch
+import torch
+
+from models import LPSNetArch, SegArch, build_model
 from scaler.proxy.train import TrainConfig, TrainResult
 
 
@@ -47,6 +51,26 @@ def fake_train(arch: SegArch, config: TrainConfig, **kw: Any) -> TrainResult:
     if isinstance(arch, LPSNetArch) and arch.num_paths == 3:
         return TrainResult(status="failed", reason="fake: three paths fail", arch=arch.to_dict(), config={})
     return TrainResult(status="ok", reason=None, arch=arch.to_dict(), config={}, miou=fake_miou(arch))
+
+
+def fake_train_saving(
+    arch: SegArch,
+    config: TrainConfig,
+    *,
+    save: str | Path | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    **kw: Any,
+) -> TrainResult:
+    """:func:`fake_train`, writing weights as ``train_and_evaluate(save=...)`` does (seeded, or ``init_state``
+    loaded strictly, so a grown state that does not fit fails here as it would there), for inherited searches."""
+    result = fake_train(arch, config)
+    if save is not None and result.ok:
+        torch.manual_seed(config.seed)
+        model = build_model(arch)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        torch.save({"arch": arch.to_dict(), "state_dict": model.state_dict()}, save)
+    return result
 
 
 def tiny_space(name: str, max_steps: int) -> str:
