@@ -57,7 +57,13 @@ def write_folder_dataset(
 
 
 def imbalanced_scene(
-    rng: np.random.Generator, height: int, width: int, *, objects: float = 0.2, side: tuple[int, int] = (12, 24)
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    objects: float = 0.2,
+    side: tuple[int, int] = (12, 24),
+    classes: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene: a noisy grey background (class 0) and a few small squares of each object class.
 
@@ -80,7 +86,7 @@ def imbalanced_scene(
     ramp = np.linspace(-20, 20, width)[None, :, None] * rng.choice((-1.0, 1.0))
     image += ramp
     mask = np.zeros((height, width), np.uint8)
-    for k, rgb in enumerate(_OBJECT_RGB, start=1):
+    for k, rgb in enumerate(_OBJECT_RGB[:classes], start=1):
         for _ in range(int(rng.poisson(objects))):
             s = int(rng.integers(side[0], side[1] + 1))
             top, left = int(rng.integers(0, height - s + 1)), int(rng.integers(0, width - s + 1))
@@ -99,6 +105,7 @@ def write_imbalanced_folder(
     seed: int = 0,
     objects: float = 0.2,
     side: tuple[int, int] = (12, 24),
+    classes: int = 3,
 ) -> Path:
     """Write :func:`imbalanced_scene` samples as a ``folder:`` dataset of classes :data:`IMBALANCED_CLASSES`.
 
@@ -115,6 +122,7 @@ def write_imbalanced_folder(
 
     def samples(code: int, n: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         for i in range(n):
-            yield imbalanced_scene(np.random.default_rng([seed, code, i]), *size, objects=objects, side=side)
+            rng = np.random.default_rng([seed, code, i])
+            yield imbalanced_scene(rng, *size, objects=objects, side=side, classes=classes)
 
-    return write_folder_dataset(root, IMBALANCED_CLASSES, {"train": samples(0, train), "val": samples(1, val)})
+    return write_folder_dataset(root, IMBALANCED_CLASSES[: 1 + classes], {"train": samples(0, train), "val": samples(1, val)})
