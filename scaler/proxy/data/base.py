@@ -83,9 +83,10 @@ class SampleCache:
     made on every access. Filling first rather than evicting the least recent keeps the hit rate at budget/size
     under the random order of training, where an LRU cache smaller than the split would churn and hit no more.
 
-    Data-loader workers: a forked worker starts with a copy of the samples cached so far and fills its own; a
-    spawned one receives a pickled dataset, and a pickled cache is empty (the recipe travels, not the pixels).
-    Nothing is shared between processes, so nothing needs a lock.
+    Data-loader workers: a forked worker starts with a copy of the samples cached so far and fills its own, lost
+    when the loader ends; a spawned one receives a pickled dataset, and a pickled cache is empty (the recipe
+    travels, not the pixels). Nothing is shared between processes, so nothing needs a lock; with workers, samples
+    the training process itself has read are the ones every later loader starts with.
 
     Args:
         max_bytes: The budget; ``None``: :data:`CACHE_BYTES` as it is when the cache is made (tests lower it).
