@@ -16,7 +16,7 @@ from scaler.proxy.train import TrainConfig, TrainResult, train_and_evaluate
 from scaler.search.record import TrialRecord
 from scaler.search.strategies.greedy import proxy_warnings
 
-pytestmark = pytest.mark.slow  # two 100-iteration trainings: about 5 s on 2 idle cores
+pytestmark = pytest.mark.slow  # two 100-iteration trainings: 14 s on 2 cores shared with other jobs
 
 NET = "lpsnet:d=1,2,2,2,2;w=4,8,16,32,32;r=1.0"
 
