@@ -65,20 +65,28 @@ def imbalanced_scene(
     side: tuple[int, int] = (12, 24),
     classes: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: a noisy grey background (class 0) and a few small squares of each object class.
+    """One scene: a noisy grey background (class 0) and, now and then, small squares of each object class.
 
     Each object class has its own colour, so a network that attends to the rare pixels tells them apart easily;
-    what makes the scene hard is only how few they are (with the defaults about 1% of the pixels are objects).
+    what makes the scene hard is only how few they are (with the defaults, under 1% of the pixels per class).
 
     Args:
         rng: Draws everything.
         height, width: Image size.
         objects: Mean number of squares per object class (Poisson): most scenes hold none of a class.
         side: Range of a square's side in pixels (inclusive).
+        classes: Object classes drawn (1 to 3), the first ``classes`` of red, green, blue.
 
     Returns:
         ``(image uint8 [H, W, 3], mask uint8 [H, W])``.
+
+    Raises:
+        ValueError: ``classes`` is not 1 to 3, or ``side`` does not fit the image.
     """
+    if not 1 <= classes <= len(_OBJECT_RGB):
+        raise ValueError(f"classes must be 1 to {len(_OBJECT_RGB)}, got {classes}")
+    if not 1 <= side[0] <= side[1] <= min(height, width):
+        raise ValueError(f"side must be (low, high) with 1 <= low <= high <= {min(height, width)}, got {side}")
     grey = rng.uniform(70, 170)
     tint = rng.uniform(-15, 15, size=3)
     image = np.empty((height, width, 3), np.float64)
@@ -114,7 +122,8 @@ def write_imbalanced_folder(
         train, val: Samples per split.
         size: ``(height, width)``.
         seed: Sample ``i`` of a split is drawn from the generator seeded ``(seed, split, i)``.
-        objects, side: See :func:`imbalanced_scene`.
+        objects, side, classes: See :func:`imbalanced_scene`; the dataset's classes are the background and the
+            first ``classes`` object classes of :data:`IMBALANCED_CLASSES`.
 
     Returns:
         ``root``.
@@ -125,4 +134,5 @@ def write_imbalanced_folder(
             rng = np.random.default_rng([seed, code, i])
             yield imbalanced_scene(rng, *size, objects=objects, side=side, classes=classes)
 
-    return write_folder_dataset(root, IMBALANCED_CLASSES[: 1 + classes], {"train": samples(0, train), "val": samples(1, val)})
+    splits = {"train": samples(0, train), "val": samples(1, val)}
+    return write_folder_dataset(root, IMBALANCED_CLASSES[: 1 + classes], splits)
