@@ -11,9 +11,11 @@ from torch.utils.data import Dataset
 from scaler.errors import UserError
 
 __all__ = [
+    "CACHE_BYTES",
     "IGNORE_INDEX",
     "DataError",
     "DatasetInfo",
+    "SampleCache",
     "SegmentationDataset",
     "dataset_kinds",
     "open_dataset",
@@ -21,6 +23,9 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
+# Decoded or generated samples one dataset keeps in memory (see SampleCache); 256 MiB holds ~2,000 images
+# of 256x512, or the whole train split of CamVid at its own size.
+CACHE_BYTES = 256 * 2**20
 
 
 class DataError(UserError):
@@ -64,6 +69,72 @@ class SegmentationDataset(Dataset):
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from (its files), for error messages."""
         return f"{self.info.name}[{self.split}] sample {index}"
+
+
+Sample = tuple[torch.Tensor, torch.Tensor]
+
+
+class SampleCache:
+    """Samples a dataset has made once (decoded from files, or generated), kept in memory up to a byte budget.
+
+    A sample is stored as its ``uint8`` image and its mask as ``uint8`` (class indices and the ignore index all
+    fit), 4 bytes per pixel, and every access returns fresh copies, so a caller that augments in place never alters
+    the stored sample. Samples are kept in the order they are first made until the budget is spent; later ones are
+    made on every access. Filling first rather than evicting the least recent keeps the hit rate at budget/size
+    under the random order of training, where an LRU cache smaller than the split would churn and hit no more.
+
+    Data-loader workers: a forked worker starts with a copy of the samples cached so far and fills its own, lost
+    when the loader ends; a spawned one receives a pickled dataset, and a pickled cache is empty (the recipe
+    travels, not the pixels). Nothing is shared between processes, so nothing needs a lock; with workers, samples
+    the training process itself has read are the ones every later loader starts with.
+
+    Args:
+        max_bytes: The budget; ``None``: :data:`CACHE_BYTES` as it is when the cache is made (tests lower it).
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = CACHE_BYTES if max_bytes is None else int(max_bytes)
+        self.nbytes = 0
+        self._samples: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def get(self, index: int, make: Callable[[], Sample]) -> Sample:
+        """Sample ``index``: a copy of the stored one, or ``make()``'s, stored when it fits the budget.
+
+        Args:
+            index: The sample's index in its dataset.
+            make: Decodes or generates the sample: ``(uint8 [3, H, W], integer [H, W] mask)``.
+
+        Returns:
+            ``(image, mask)``: ``uint8 [3, H, W]`` and ``int64 [H, W]``, never the stored tensors themselves.
+
+        Raises:
+            Whatever ``make`` raises; a sample that fails is not stored, so the next access fails the same way.
+        """
+        hit = self._samples.get(index)
+        if hit is None:
+            image, mask = make()
+            size = image.numel() + mask.numel()
+            if self.nbytes + size > self.max_bytes:
+                return image, mask.long()
+            # Masks hold class indices below 255 or the ignore index 255: uint8 stores them exactly, in 1/8 the bytes.
+            hit = (image.contiguous(), _as_uint8(mask))
+            self._samples[index] = hit
+            self.nbytes += size
+        return hit[0].clone(), hit[1].long()
+
+    def __getstate__(self) -> dict:
+        return {"max_bytes": self.max_bytes, "nbytes": 0, "_samples": {}}
+
+
+def _as_uint8(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.uint8:
+        return mask.contiguous()
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        raise ValueError(f"a cached mask must hold values in [0, 255], got [{int(mask.min())}, {int(mask.max())}]")
+    return mask.to(torch.uint8)
 
 
 Opener = Callable[[str, str, int], SegmentationDataset]

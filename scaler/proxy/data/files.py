@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset
+from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SampleCache, SegmentationDataset
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -351,7 +351,11 @@ class LabelMap:
 
 
 class FileSegmentationDataset(SegmentationDataset):
-    """A split stored as ``(image file, mask file)`` pairs; decodes and checks one pair per ``dataset[i]``.
+    """A split stored as ``(image file, mask file)`` pairs; decodes and checks a pair on its first ``dataset[i]``.
+
+    Decoded samples are kept in memory up to :data:`~scaler.proxy.data.base.CACHE_BYTES` (a
+    :class:`~scaler.proxy.data.base.SampleCache`), so later epochs do not decode the PNGs again; samples past the
+    budget are decoded on every access. Files changed on disk after a sample was cached are not read again.
 
     Args:
         info: Name, class names and ignore index.
@@ -367,12 +371,13 @@ class FileSegmentationDataset(SegmentationDataset):
         self.split = split
         self.samples = list(samples)
         self.label_map = label_map
+        self._cache = SampleCache()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode sample ``index``.
+        """Sample ``index``: decoded from its files, or a copy of the decoded sample kept from an earlier access.
 
         Args:
             index: The sample.
@@ -384,6 +389,10 @@ class FileSegmentationDataset(SegmentationDataset):
             DataError: A file cannot be decoded, the mask is not the image's size, or it holds a value that is no
                 label; the message names the file (and the sizes or values).
         """
+        index = range(len(self.samples))[index]  # one cache key per sample, -1 included; IndexError past the end
+        return self._cache.get(index, lambda: self._decode(index))
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
         raw = read_index_mask(mask_path)

@@ -34,7 +34,8 @@ same seed gives the same samples in any process and any access order, train and 
 nothing is downloaded. Generation uses only IEEE-rounded arithmetic and comparisons (no
 transcendental functions, no reductions, whose results can depend on the CPU's vector unit), so
 samples are bit-identical across processes and machines with the same numpy. Generated samples
-are cached in memory, up to :data:`CACHE_BYTES` per dataset, so later epochs do not redraw them.
+are cached in memory, up to :data:`CACHE_BYTES` per dataset (a
+:class:`~scaler.proxy.data.base.SampleCache`), so later epochs do not redraw them.
 
 This module is longer than the others because one scene is one concern: the painter methods of
 :class:`_Scene` share its geometry (horizon, vanishing point, facades) and are kept together.
@@ -44,13 +45,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from scaler.proxy.data.base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationDataset, register_dataset
+from scaler.proxy.data.base import (
+    CACHE_BYTES,
+    IGNORE_INDEX,
+    DataError,
+    DatasetInfo,
+    SampleCache,
+    SegmentationDataset,
+    register_dataset,
+)
 
 __all__ = [
     "CACHE_BYTES",
@@ -76,7 +84,6 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 ROAD, SIDEWALK, BUILDING, VEGETATION, TERRAIN, SKY, CAR, PERSON, POLE, SIGN = range(len(CLASS_NAMES))
 
-CACHE_BYTES = 256 * 2**20
 _SPLIT_CODES = {"train": 0, "val": 1}
 # Keeps this dataset's streams apart from other users of the same integer seed.
 _STREAM_TAG = 0x5C3E7
@@ -182,37 +189,23 @@ class SyntheticStreets(SegmentationDataset):
         self.seed = int(seed)
         self.options = options or SyntheticOptions()
         self.length = self.options.train if split == "train" else self.options.val
-        sample_bytes = 4 * self.options.height * self.options.width
-        self._cache_items = max(1, CACHE_BYTES // sample_bytes)
-        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache = SampleCache()
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._check_index(index)
-        hit = self._cache.get(index)
-        if hit is None:
-            image, mask = render_scene(self._rng(index), self.options.height, self.options.width)
-            hit = (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(mask))
-            self._cache[index] = hit
-            if len(self._cache) > self._cache_items:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(index)
-        # Copies, so that a caller augmenting in place never alters the cached sample.
-        return hit[0].clone(), hit[1].long()
+        return self._cache.get(index, lambda: self._render(index))
 
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from: split, index, seed and size (it is generated, not read)."""
         o = self.options
         return f"synthetic[{self.split}] sample {index} (seed {self.seed}, {o.height}x{o.width}, generated)"
 
-    def __getstate__(self) -> dict:
-        # Data-loader workers started by spawn receive a pickled copy: send the recipe, not the cache.
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        return state
+    def _render(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = render_scene(self._rng(index), self.options.height, self.options.width)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(mask)
 
     def _check_index(self, index: int) -> int:
         index = int(index)

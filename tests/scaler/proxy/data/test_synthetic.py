@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import scaler.proxy.data.synthetic as synthetic
+import scaler.proxy.data.base as base
 from scaler.proxy.data import DataError, dataset_kinds, open_dataset
 from scaler.proxy.data.synthetic import (
     CLASS_NAMES,
@@ -143,11 +143,12 @@ def test_returned_samples_are_copies_of_the_cache() -> None:
 
 
 def test_a_tiny_cache_still_gives_the_same_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synthetic, "CACHE_BYTES", 1)
-    small_cache = SyntheticStreets("train", seed=2, options=SMALL)
     reference = SyntheticStreets("train", seed=2, options=SMALL)
+    monkeypatch.setattr(base, "CACHE_BYTES", 1)
+    small_cache = SyntheticStreets("train", seed=2, options=SMALL)
     for i in (0, 1, 0, 2, 1):
-        assert torch.equal(small_cache[i][0], reference[i][0])
+        assert torch.equal(small_cache[i][0], reference[i][0]) and torch.equal(small_cache[i][1], reference[i][1])
+    assert len(small_cache._cache) == 0 and len(reference._cache) == 3
 
 
 def test_pickled_copy_gives_the_same_samples_without_the_cache() -> None:
