@@ -257,8 +257,9 @@ class TrialRecord:
 
     @property
     def is_control(self) -> bool:
-        """A step's parent trained further: the step's baseline mIoU, not a network of the frontier."""
-        return self.control_of is not None
+        """A step's parent trained further: the step's baseline mIoU, not a network of the frontier. A seed
+        replica of a control (a tie) is a replica, not a second control: it carries ``control_of`` too."""
+        return self.control_of is not None and self.seed_of is None
 
     @property
     def lps_arch(self) -> LPSNetArch | None:

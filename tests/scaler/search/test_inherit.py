@@ -189,3 +189,37 @@ def test_a_real_inherited_search_keeps_weights_as_artifacts_and_starts_candidate
     )
     none = CliRunner().invoke(main, ["retrain", str(run_dir)])
     assert none.output == "error: scaler retrain: choose what to retrain with --frontier or --trial N (repeatable)\n"
+
+
+def test_a_tie_in_a_step_with_a_control_trains_one_replica_each_and_decides():
+    """A seed replica of the control carries ``control_of`` too: it must not become the step's control
+    (it did, and each decision asked for a replica of the last replica, without end)."""
+    space = dataclasses.replace(_space(), greedy=dataclasses.replace(_space().greedy, tie_seed=1))
+    kv: dict[str, Any] = {}
+    ctx = _ctx(space, kv)
+    strat = GreedyStrategy(space)
+    history: list[TrialRecord] = []
+
+    def finish(proposals, miou):
+        for p in proposals:
+            rec = p if p.latency is not None else p.with_latency(ctx.latency(p.arch))
+            history.append(
+                dataclasses.replace(
+                    rec, number=len(history), state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec))
+                )
+            )
+
+    finish(strat.propose(history, ctx).proposals, lambda r: 0.30)
+    step = strat.propose(history, ctx)
+    deltas = {c.arch_hash: c.paired.delta_ms for c in GreedyStrategy.plans(kv)[0].candidates}
+    # Gains in proportion to the latency gains: equal slopes, whose intervals overlap however often re-timed.
+    finish(step.proposals, lambda r: 0.34 if r.is_control else 0.34 + 0.1 * deltas[r.arch_hash])
+    replicas = strat.propose(history, ctx)
+    assert replicas.kind == "propose" and len(replicas.proposals) == 3
+    assert sum(p.control_of is not None for p in replicas.proposals) == 1
+    assert all(p.train_seed == 1 and p.seed_of is not None for p in replicas.proposals)
+    finish(replicas.proposals, lambda r: 0.33)
+    assert not any(t.is_control for t in history[-3:])  # the control's replica is a replica
+    done = strat.propose(history, ctx)
+    assert done.kind == "done", done  # decided: no replica of a replica
+    assert StepDecision.from_dict(kv["step_1"]).winner in (1, 2)
