@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,8 +56,8 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two rankings (ties in either accounted for); NaN when either is constant.
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's tau-b of two rankings (ties in either accounted for); ``None`` when either is constant.
 
     The same statistic as ``bench_proxy.py``'s, which is a script and not importable as a module.
     """
@@ -76,7 +77,7 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
             else:
                 discordant += 1
     denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denom if denom else float("nan")
+    return (concordant - discordant) / denom if denom else None
 
 
 def mode_space(
@@ -349,6 +350,6 @@ def as_arch(spec: str, like: LPSNetArch) -> LPSNetArch:
 
 
 def mean(values: Sequence[float | None]) -> float | None:
-    """The mean of the values that are not ``None`` (``None`` when there are none)."""
-    got = [v for v in values if v is not None]
+    """The mean of the values that are neither ``None`` nor NaN (``None`` when there are none)."""
+    got = [v for v in values if v is not None and not math.isnan(v)]
     return sum(got) / len(got) if got else None
