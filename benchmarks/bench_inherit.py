@@ -20,8 +20,9 @@ seeded weights; the inherit proxy trains the start N iterations, grows it into t
 The picks are compared by ground-truth mIoU at equal latency: each path read (linearly between its
 networks) at the latency of the fastest path end among the modes of that seed.
 
-Trainings of the fixed set and the ground truth are cached in ``<out>_truth.json`` (keyed by recipe,
-iterations, seed and network), so a rerun only trains what is new. Writes ``<out>.json`` and ``<out>.md``.
+Trainings of the fixed set and the ground truth are cached in ``--truth`` (default
+``benchmarks/results/inherit_truth.json``, keyed by recipe, iterations, seed and network), so a rerun,
+or the full run after ``--quick``, only trains what is new. Writes ``<out>.json`` and ``<out>.md``.
 """
 
 from __future__ import annotations
@@ -315,6 +316,11 @@ def main() -> int:
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads for the fixed-set trainings.")
     p.add_argument("--work-dir", default=None, help="Where the runs go (default: a temporary folder).")
+    p.add_argument(
+        "--truth",
+        default="benchmarks/results/inherit_truth.json",
+        help="Cache of the fixed-set and ground-truth trainings (shared by --quick and full runs).",
+    )
     p.add_argument("--out", default=None, help="Output stem (default benchmarks/results/inherit[_quick]).")
     args = p.parse_args()
     if args.quick:
@@ -324,7 +330,7 @@ def main() -> int:
     spaces = args.space or list(SPACES)
     out = Path(args.out or ("benchmarks/results/inherit_quick" if args.quick else "benchmarks/results/inherit"))
     torch.set_num_threads(args.threads)
-    truth = TruthCache(out.with_name(out.name + "_truth.json"))
+    truth = TruthCache(Path(args.truth))
     started = time.perf_counter()
     blocks: list[dict[str, Any]] = []
     try:
