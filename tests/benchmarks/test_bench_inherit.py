@@ -90,3 +90,13 @@ def test_fixed_set_holds_the_start_and_its_depth_children() -> None:
     assert quick[0] == space.start and len(quick) == 5
     assert [a.depth for a in quick[1:4]] == [(1, 2, 2, 2, 2), (1, 1, 2, 2, 2), (1, 1, 1, 2, 2)]
     assert len(full) == 1 + 9 + 3 and full[-1].depth == (1, 1, 1, 3, 3)
+
+
+def test_the_depth_space_differs_from_the_demo_in_its_start_alone() -> None:
+    # bench_inherit compares the two spaces: any other difference would be a second variable.
+    demo = mode_space(DEMO, "scratch", 0)
+    depth = mode_space(DEMO.with_name("lpsnet_depth.yaml"), "scratch", 0)
+    assert not isinstance(demo, str) and not isinstance(depth, str)
+    assert depth.start != demo.start and depth.start.resolution == (1.0,)
+    a, b = demo.to_dict(), depth.to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"name", "start"}
