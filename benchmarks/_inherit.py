@@ -39,6 +39,7 @@ __all__ = [
     "TruthCache",
     "as_arch",
     "fixed_set",
+    "inherited_iters",
     "kendall_tau_b",
     "latency_of",
     "mean",
@@ -48,12 +49,22 @@ __all__ = [
     "run_facts",
 ]
 
-# How each compared mode changes the space (training.init, and greedy.halving for the third).
+# An inherited candidate goes on from its trained parent: its schedule (training.inherit_iters) is
+# this share of the from-scratch one, as in search_spaces/lpsnet_demo_inherit.yaml.
+INHERIT_SHARE = 0.5
+
+# How each compared mode changes the space (training.init, and greedy.halving for the third); the
+# inherit modes also set training.inherit_iters to INHERIT_SHARE of training.iters.
 MODES: dict[str, dict[str, Any]] = {
     "scratch": {"training": {"init": "scratch"}},
     "inherit": {"training": {"init": "inherit"}},
     "inherit+halving": {"training": {"init": "inherit"}, "greedy": {"halving": True}},
 }
+
+
+def inherited_iters(iters: int) -> int:
+    """The schedule of an inherited candidate in the inherit modes, for a from-scratch one of ``iters``."""
+    return max(1, round(iters * INHERIT_SHARE))
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -107,6 +118,8 @@ def mode_space(
         data.setdefault(section, {})
         data[section] = {**(data[section] or {}), **values}
     data["training"]["seed"] = seed
+    if data["training"].get("init") == "inherit":
+        data["training"]["inherit_iters"] = inherited_iters(int(data["training"]["iters"]))
     if max_steps is not None:
         data["stopping"] = {**(data.get("stopping") or {}), "max_steps": max_steps}
     if not load_guard:
@@ -285,10 +298,15 @@ class TruthCache:
         )
         return self._store(key, _entry(r, time.perf_counter() - t0))
 
-    def inherit(self, space: SearchSpace, arch: LPSNetArch, iters: int, seed: int) -> dict[str, Any]:
+    def inherit(
+        self, space: SearchSpace, arch: LPSNetArch, iters: int, seed: int, child_iters: int | None = None
+    ) -> dict[str, Any]:
         """The inherit proxy: the space's start trained ``iters`` iterations, grown to ``arch`` (the start
-        itself: the control) and trained ``iters`` more, as the search trains a first step's candidates."""
-        key = self._key(space, "inherit", iters, seed, arch)
+        itself: the control) and trained ``child_iters`` (default ``iters``) more, as the search trains a
+        first step's candidates."""
+        child_iters = iters if child_iters is None else child_iters
+        kind = "inherit" if child_iters == iters else f"inherit{child_iters}"
+        key = self._key(space, kind, iters, seed, arch)
         if key in self.entries:
             return self.entries[key]
         parent = self._parent(space, iters, seed)
@@ -298,7 +316,7 @@ class TruthCache:
         child = dataclasses.replace(arch, num_classes=parent_arch.num_classes)
         noise = 0.0 if child == parent_arch else GROWTH_NOISE
         state = grow_state_dict(blob["state_dict"], parent_arch, child, noise=noise, seed=seed)
-        cfg = self._config(space, iters, seed, init="inherit")
+        cfg = self._config(space, child_iters, seed, init="inherit")
         t0 = time.perf_counter()
         r = train_and_evaluate(
             child,

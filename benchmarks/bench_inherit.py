@@ -16,7 +16,8 @@ every operator and its depth children applied twice), each trained from scratch 
 times the space's schedule with the same recipe and seed. On the fixed set, each proxy's ranking
 is compared with the ground truth by Kendall's tau-b: the scratch proxy trains N iterations from
 seeded weights; the inherit proxy trains the start N iterations, grows it into the network
-(``models.grow_state_dict``, as the search does) and trains N more (the start itself: its control).
+(``models.grow_state_dict``, as the search does) and trains N/2 more (the start itself: its control),
+the schedule the inherit modes give their candidates (``training.inherit_iters``).
 The picks are compared by ground-truth mIoU at equal latency: each path read (linearly between its
 networks) at the latency of the fastest path end among the modes of that seed.
 
@@ -42,6 +43,7 @@ from _inherit import (
     TruthCache,
     as_arch,
     fixed_set,
+    inherited_iters,
     kendall_tau_b,
     latency_of,
     mean,
@@ -120,7 +122,7 @@ def _space_block(
         for arch in nets:
             gt = truth.scratch(scratch_space, arch, long_iters, seed)
             sp = truth.scratch(scratch_space, arch, n, seed)
-            ip = truth.inherit(scratch_space, arch, n, seed)
+            ip = truth.inherit(scratch_space, arch, n, seed, inherited_iters(n))
             rows.append({"arch": arch.inline(), "truth": gt["miou"], "scratch": sp["miou"], "inherit": ip["miou"]})
             print(
                 f"    fixed {arch.inline()}: truth {gt['miou']}, scratch {sp['miou']}, inherit {ip['miou']}", flush=True
