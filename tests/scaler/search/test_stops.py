@@ -177,7 +177,7 @@ def test_ctrl_c_stops_a_search_and_its_local_workers(tmp_path):
     # for real here: the fake training is this process's, not theirs) are in sessions of their own;
     # the search stops them.
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.replace("iters: 4,", "iters: 400,"))
+    space.write_text(SPACE.replace("iters: 4,", "iters: 5000,"))  # still training when the signal comes
     run_dir = tmp_path / "run"
     args = ["search", "--space", str(space), "--out", str(run_dir), "--workers", "2", "--quiet"]
     proc = subprocess.Popen(
