@@ -7,7 +7,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +44,24 @@ def write_report(out: str | Path, report: dict[str, Any], markdown: Callable[[di
     out.with_suffix(".md").write_text(text)
     print(text)
     return text
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's tau-b of two rankings (ties in either accounted for); ``None`` when either is constant."""
+    concordant = discordant = ties_x = ties_y = 0
+    pairs = list(zip(x, y, strict=True))
+    for i, (x1, y1) in enumerate(pairs):
+        for x2, y2 in pairs[i + 1 :]:
+            dx, dy = x1 - x2, y1 - y2
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx * dy > 0:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
+    return (concordant - discordant) / denom if denom else None

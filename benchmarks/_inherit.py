@@ -40,7 +40,6 @@ __all__ = [
     "as_arch",
     "fixed_set",
     "inherited_iters",
-    "kendall_tau_b",
     "latency_of",
     "mean",
     "miou_at_latency",
@@ -65,30 +64,6 @@ MODES: dict[str, dict[str, Any]] = {
 def inherited_iters(iters: int) -> int:
     """The schedule of an inherited candidate in the inherit modes, for a from-scratch one of ``iters``."""
     return max(1, round(iters * INHERIT_SHARE))
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b of two rankings (ties in either accounted for); ``None`` when either is constant.
-
-    The same statistic as ``bench_proxy.py``'s, which is a script and not importable as a module.
-    """
-    concordant = discordant = ties_x = ties_y = 0
-    pairs = list(zip(x, y, strict=True))
-    for i, (x1, y1) in enumerate(pairs):
-        for x2, y2 in pairs[i + 1 :]:
-            dx, dy = x1 - x2, y1 - y2
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx * dy > 0:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denom if denom else None
 
 
 def mode_space(

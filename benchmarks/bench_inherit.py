@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import command_line, machine, machine_line, write_report
+from _common import command_line, kendall_tau_b, machine, machine_line, write_report
 from _inherit import (
     MODES,
     TruthCache,
     as_arch,
     fixed_set,
     inherited_iters,
-    kendall_tau_b,
     latency_of,
     mean,
     miou_at_latency,

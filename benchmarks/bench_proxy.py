@@ -11,13 +11,12 @@ data stream, only ``iters`` differs), then Kendall's tau-b between the two ranki
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
 
 import torch
-from _common import command_line, machine, machine_line
+from _common import command_line, kendall_tau_b, machine, machine_line
 
 from models import resolve_arch
 from scaler.measure.complexity import measure_complexity
@@ -32,25 +31,6 @@ DEFAULT_ARCHS = [
     "lpsnet:d=1,2,2,3,3;w=8,16,32,64,64;r=0.75,0.25",
     "lpsnet_s",
 ]
-
-
-def kendall_tau_b(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking are accounted for)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for (x1, y1), (x2, y2) in itertools.combinations(zip(x, y, strict=True), 2):
-        dx, dy = x1 - x2, y1 - y2
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            ties_x += 1
-        elif dy == 0:
-            ties_y += 1
-        elif dx * dy > 0:
-            concordant += 1
-        else:
-            discordant += 1
-    denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denom if denom else float("nan")
 
 
 def main() -> None:
@@ -99,6 +79,7 @@ def main() -> None:
         print(f"{spec}: short {row['short']['miou']}, long {row['long']['miou']}", flush=True)
     ok = [r for r in rows if r["short"]["status"] == "ok" and r["long"]["status"] == "ok"]
     tau = kendall_tau_b([r["short"]["miou"] for r in ok], [r["long"]["miou"] for r in ok])
+    tau = float("nan") if tau is None else tau  # undefined (a constant ranking): as the report always wrote it
     report = {
         "command": command_line(),
         "machine": machine(args.threads),

@@ -15,7 +15,8 @@ from scaler.search.record import TrialRecord
 from scaler.search.strategies.greedy import StepDecision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _inherit import fixed_set, kendall_tau_b, miou_at_latency, mode_space, path_of
+from _common import kendall_tau_b
+from _inherit import fixed_set, miou_at_latency, mode_space, path_of
 
 DEMO = Path(__file__).resolve().parents[2] / "search_spaces" / "lpsnet_demo.yaml"
 TINY = LPSNetArch(depth=(1, 1, 1, 1, 1), width=(4, 8, 16, 32, 32), resolution=(0.5,))
