@@ -12,6 +12,7 @@ import torch
 
 from models import LPSNetArch, SegArch, build_model
 from scaler.proxy.train import TrainConfig, TrainResult
+from scaler.search.space import SearchSpace, space_from_dict
 
 
 def fake_ms(arch: LPSNetArch) -> float:
@@ -85,4 +86,23 @@ def tiny_space(name: str, max_steps: int) -> str:
         "latency: {device: cpu, threads: 1, min_samples: 3, max_samples: 10, time_cap_s: 0.3}\n"
         "training: {iters: 4, batch: 2, crop: 64x96, lr: 0.05, seed: 0}\n"
         f"stopping: {{max_steps: {max_steps}}}\n"
+    )
+
+
+def inherit_space(init: str = "inherit", max_steps: int = 1, **training: Any) -> SearchSpace:
+    """A one-step greedy space of two operators on a tiny synthetic set, with ``training.init: init``
+    (the inherited-training tests' space; ``training`` adds to its recipe)."""
+    return space_from_dict(
+        {
+            "name": "inherit",
+            "start": "lpsnet_tiny",
+            "input_size": "64x128",
+            "dataset": "synthetic:size=64x128,train=8,val=4",
+            "operators": ["depth_4-5", "width_4-5"],
+            "constraints": {"max_depth": 8, "max_width": 256},
+            "latency": {"device": "cpu", "threads": 1},
+            "training": {"iters": 4, "batch": 2, "crop": "64x128", "init": init, **training},
+            "stopping": {"max_steps": max_steps},
+            "greedy": {"max_steplen": 4},
+        }
     )

@@ -18,6 +18,7 @@ from typing import Any
 from fake_search import fake_ms
 
 from models import LPSNetArch, SegArch
+from scaler.search.strategies import SearchContext
 
 
 def order_statistic_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
@@ -134,3 +135,16 @@ class FakePaired:
         return StandInPaired(
             tuple(archs), tuple(tuple(r) for r in rows), others_cpu_share=self.others, under_load=self.under_load
         )
+
+
+def paired_context(space: Any, kv: dict[str, Any], put: Callable[[str, Any], None] | None = None) -> SearchContext:
+    """A strategy's context on :class:`FakePaired`'s latency model, single and paired; ``kv`` holds the
+    run's records (``put``: record them another way, counting writes, say)."""
+    fake = FakePaired()
+    return SearchContext(
+        space=space,
+        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
+        get=kv.get,
+        put=put or kv.__setitem__,
+        paired=lambda archs, rounds: fake(archs, rounds=rounds),
+    )

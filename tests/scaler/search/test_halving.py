@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fake_search import FakeLatency
 from optuna.trial import TrialState
-from paired_standin import FakePaired
+from paired_standin import FakePaired, paired_context
 
 import scaler.search.run as run_mod
 from models import get_arch
@@ -19,7 +19,7 @@ from scaler.proxy.train import train_and_evaluate
 from scaler.search.run import run_search
 from scaler.search.space import space_from_dict
 from scaler.search.store import RunStore, distributions, open_run, open_storage
-from scaler.search.strategies import GreedyStrategy, SearchContext, StepDecision, TrialRecord
+from scaler.search.strategies import GreedyStrategy, StepDecision, TrialRecord
 from scaler.search.strategies.halving import RungVerdict, rung_verdicts
 
 TINY = get_arch("lpsnet_tiny")
@@ -133,19 +133,13 @@ def test_a_verdict_is_recorded_once_and_replayed_when_the_search_resumes_before_
     space = _space()
     kv: dict[str, Any] = {}
     puts: list[str] = []
-    fake = FakePaired()
 
     def put(key: str, value: Any) -> None:
         puts.append(key)
         kv[key] = value
 
-    ctx = SearchContext(
-        space=space,
-        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
-        get=kv.get,
-        put=put,
-        paired=lambda archs, rounds: fake(archs, rounds=rounds),
-    )
+    ctx = paired_context(space, kv, put)
+    fake = FakePaired()
     strat = GreedyStrategy(space)
     start = TrialRecord(
         TINY,
@@ -243,14 +237,8 @@ def test_inherited_candidates_train_their_own_shorter_schedule_and_halving_cuts_
     with pytest.raises(UserError, match="inherit_iters must be >= 1, got 0"):
         _space("inherit", inherit_iters=0)
     kv: dict[str, Any] = {}
+    ctx = paired_context(space, kv)
     fake = FakePaired()
-    ctx = SearchContext(
-        space=space,
-        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
-        get=kv.get,
-        put=kv.__setitem__,
-        paired=lambda archs, rounds: fake(archs, rounds=rounds),
-    )
     strat = GreedyStrategy(space)
     first = strat.propose([], ctx).proposals[0]
     assert first.eval_at == ()  # the control is the rungs' baseline, not the start

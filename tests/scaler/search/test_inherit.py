@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from fake_search import FakeLatency
+from fake_search import FakeLatency, inherit_space
 from optuna.trial import TrialState
-from paired_standin import FakePaired
+from paired_standin import FakePaired, paired_context
 
 import scaler.search.run as run_mod
 from models import arch_from_dict, build_model, get_arch
@@ -23,7 +23,6 @@ from scaler.report.plot_data import frontier_plot_data, steps_plot_data
 from scaler.report.render import format_frontier
 from scaler.search.inherit import artifact_store, inherited_state
 from scaler.search.run import run_search
-from scaler.search.space import space_from_dict
 from scaler.search.store import open_run
 from scaler.search.strategies import Decision, GreedyStrategy, SearchContext, StepDecision, TrialRecord
 
@@ -31,40 +30,15 @@ TINY = get_arch("lpsnet_tiny")
 
 
 def _space(init: str = "inherit", **training: Any):
-    return space_from_dict(
-        {
-            "name": "inherit",
-            "start": "lpsnet_tiny",
-            "input_size": "64x128",
-            "dataset": "synthetic:size=64x128,train=8,val=4",
-            "operators": ["depth_4-5", "width_4-5"],
-            "constraints": {"max_depth": 8, "max_width": 256},
-            "latency": {"device": "cpu", "threads": 1},
-            "training": {"iters": 4, "batch": 2, "crop": "64x128", "init": init, **training},
-            "stopping": {"max_steps": 1},
-            "greedy": {"max_steplen": 4},
-        }
-    )
+    return inherit_space(init, **training)
 
 
 def _ctx(space, kv: dict[str, Any]) -> SearchContext:
-    """The strategy's context with the stand-in latency model, single and paired; ``kv`` holds the run's records."""
-    fake = FakePaired()
-    return SearchContext(
-        space=space,
-        latency=lambda a, refresh=False: {"median_ms": fake.ms(a)},
-        get=kv.get,
-        put=kv.__setitem__,
-        paired=lambda archs, rounds: fake(archs, rounds=rounds),
-    )
+    return paired_context(space, kv)
 
 
-def test_the_step_trains_a_control_and_measures_gains_against_it():
-    space = _space()
-    kv: dict[str, Any] = {}
-    ctx = _ctx(space, kv)
-    strat = GreedyStrategy(space)
-    history: list[TrialRecord] = []
+def _finisher(history: list[TrialRecord], ctx: SearchContext):
+    """Records proposals in ``history`` as complete trials with ``miou(record)``, measured when they were not."""
 
     def finish(proposals, miou):
         for p in proposals:
@@ -73,6 +47,17 @@ def test_the_step_trains_a_control_and_measures_gains_against_it():
             history.append(
                 dataclasses.replace(rec, number=n, state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec)))
             )
+
+    return finish
+
+
+def test_the_step_trains_a_control_and_measures_gains_against_it():
+    space = _space()
+    kv: dict[str, Any] = {}
+    ctx = _ctx(space, kv)
+    strat = GreedyStrategy(space)
+    history: list[TrialRecord] = []
+    finish = _finisher(history, ctx)
 
     first = strat.propose(history, ctx)
     assert first.proposals[0].inherit_from is None  # the start trains from scratch
@@ -199,15 +184,7 @@ def test_a_tie_in_a_step_with_a_control_trains_one_replica_each_and_decides():
     ctx = _ctx(space, kv)
     strat = GreedyStrategy(space)
     history: list[TrialRecord] = []
-
-    def finish(proposals, miou):
-        for p in proposals:
-            rec = p if p.latency is not None else p.with_latency(ctx.latency(p.arch))
-            history.append(
-                dataclasses.replace(
-                    rec, number=len(history), state=TrialState.COMPLETE, values=(rec.latency_ms, miou(rec))
-                )
-            )
+    finish = _finisher(history, ctx)
 
     finish(strat.propose(history, ctx).proposals, lambda r: 0.30)
     step = strat.propose(history, ctx)

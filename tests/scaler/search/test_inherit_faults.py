@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fake_search import FakeLatency, fake_train_saving, tiny_space
+from fake_search import FakeLatency, fake_train_saving, inherit_space, tiny_space
 from optuna.trial import TrialState
 from paired_standin import FakePaired
 from run_builder import A_DEPTH, TINY, fake_latency, make_run
@@ -212,20 +212,7 @@ def test_artifact_urls_are_checked_in_one_line(tmp_path, monkeypatch):
 
 
 def _inherit_space(max_steps: int = 1, **training: Any):
-    return space_from_dict(
-        {
-            "name": "inherit",
-            "start": "lpsnet_tiny",
-            "input_size": "64x128",
-            "dataset": "synthetic:size=64x128,train=8,val=4",
-            "operators": ["depth_4-5", "width_4-5"],
-            "constraints": {"max_depth": 8, "max_width": 256},
-            "latency": {"device": "cpu", "threads": 1},
-            "training": {"iters": 4, "batch": 2, "crop": "64x128", "init": "inherit", **training},
-            "stopping": {"max_steps": max_steps},
-            "greedy": {"max_steplen": 4},
-        }
-    )
+    return inherit_space("inherit", max_steps, **training)
 
 
 @pytest.fixture
