@@ -38,6 +38,7 @@ from optuna.storages.journal._file import LOCK_FILE_SUFFIX, get_lock_file
 
 from scaler.errors import UserError
 from scaler.files import atomic_write_bytes, damaged_path
+from scaler.search.stops import uninterrupted
 
 __all__ = ["DurableJournalBackend", "JournalDamagedError", "open_journal"]
 
@@ -143,7 +144,7 @@ class DurableJournalBackend(JournalFileBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Append ``logs`` after the last whole record, then flush and fsync (Optuna 5 fsyncs too)."""
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
-        with get_lock_file(self._lock):
+        with uninterrupted(), get_lock_file(self._lock):
             with open(self.path, "rb+") as f:
                 self._cut_damaged_tail(f)
             # Appending mode, as Optuna writes: a writer that ignores the lock still cannot overwrite.
@@ -161,7 +162,7 @@ class DurableJournalBackend(JournalFileBackend):
         Raises:
             OSError: The journal or its folder cannot be written.
         """
-        with get_lock_file(self._lock), open(self.path, "rb+") as f:
+        with uninterrupted(), get_lock_file(self._lock), open(self.path, "rb+") as f:
             return self._cut_damaged_tail(f)
 
     def _cut_damaged_tail(self, f: BinaryIO) -> Path | None:

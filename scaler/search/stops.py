@@ -8,6 +8,11 @@ resume, or another worker, trains them again and no report counts them as failur
 signal during that cleanup acts as it would without this module (SIGINT raises
 ``KeyboardInterrupt``, SIGTERM ends the process): the trial is then reaped as "worker died" later.
 
+A write that must not be cut in the middle (an append to the journal, under its lock file) runs
+inside :func:`uninterrupted`: a stop that arrives meanwhile is raised the moment the write is done.
+Without that, a stop raised between taking the journal's lock file and releasing it left the lock
+behind, and every other process of the run waited out Optuna's 30 s grace period before writing.
+
 A process killed outright (SIGKILL, a crash, a lost machine) cannot mark anything: its trials stay
 RUNNING until the next search reaps them as "worker died" (:meth:`RunStore.reap_stale`), a state
 of its own.
@@ -16,22 +21,54 @@ of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from scaler.search.record import Attr, TrialRecord
-from scaler.search.store import RunStore
 
-__all__ = ["STOP_SIGNALS", "Stopped", "mark_stopped", "stop_on_signals"]
+if TYPE_CHECKING:  # the journal (below the store) imports this module for `uninterrupted`
+    from scaler.search.store import RunStore
+
+__all__ = ["STOP_SIGNALS", "Stopped", "mark_stopped", "stop_on_signals", "uninterrupted"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Deferred:
+    """The main thread's :func:`uninterrupted` blocks: how deep, and the stop that came during one."""
+
+    depth = 0
+    fire: Callable[[], None] | None = None
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold back a stop (:func:`stop_on_signals`) until the block is done, then raise it.
+
+    For short writes that leave shared state broken when cut (the journal's lock file taken, not
+    yet released). A second signal during the block is not held back: it acts as it would without
+    :func:`stop_on_signals`. Outside the main thread (where no stop is ever raised) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Deferred.depth += 1
+    try:
+        yield
+    finally:
+        _Deferred.depth -= 1
+        if _Deferred.depth == 0 and _Deferred.fire is not None:
+            fire, _Deferred.fire = _Deferred.fire, None
+            fire()
 
 
 # BaseException, as KeyboardInterrupt: a stop is no error, and `except Exception` (a failing candidate) lets it through.
@@ -74,11 +111,24 @@ def stop_on_signals() -> Iterator[None]:
     # A signal ignored when the process started (SIGINT of a background job in a script) stays ignored.
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        # One stop is enough: a second signal during the cleanup acts as it would have without us.
+    def restore() -> None:
         for s, h in previous.items():
             signal.signal(s, h)
+
+    def stop(signum: int) -> None:
+        # One stop is enough: a second signal during the cleanup acts as it would have without us.
+        restore()
         raise Stopped(signum)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if _Deferred.depth == 0:
+            stop(signum)
+        elif _Deferred.fire is None:  # mid-write: raised when the write is done
+            _Deferred.fire = functools.partial(stop, signum)
+        else:  # a second signal while the first waits: as without us (SIGTERM ends the process)
+            _Deferred.fire = None
+            restore()
+            signal.raise_signal(signum)
 
     for s in previous:
         signal.signal(s, handler)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from scaler.search.expand import Constraints
 from scaler.search.journal import DurableJournalBackend, JournalDamagedError
 from scaler.search.record import TrialRecord
 from scaler.search.run_folder import DAMAGED_JOURNALS, JOURNAL_NAME, RUN_FILE
+from scaler.search.stops import Stopped, stop_on_signals, uninterrupted
 from scaler.search.store import RunStore, distributions, open_run, open_storage
 
 SPACE = tiny_space("t", max_steps=2)
@@ -231,3 +233,43 @@ def test_a_damaged_run_json_is_one_line_saying_how_to_fix_it(finished, run_copy)
     with pytest.raises(UserError, match="it is damaged"):
         open_run(run_copy)
     assert (run_copy / RUN_FILE).read_bytes() == b"\xff\xfe"
+
+
+def test_a_stop_while_the_journal_lock_is_held_waits_for_the_write(tmp_path, monkeypatch):
+    # The signal lands the instant the lock file is taken (before Optuna's `try` that releases it):
+    # raised there, it left the lock behind and every other process of the run waited 30 s.
+    backend = DurableJournalBackend(str(tmp_path / JOURNAL_NAME))
+    lock = Path(backend._lock._lock_file)
+    real = backend._lock.acquire
+
+    def acquire_then_signal() -> bool:
+        taken = real()
+        assert lock.exists()
+        signal.raise_signal(signal.SIGTERM)
+        return taken
+
+    monkeypatch.setattr(backend._lock, "acquire", acquire_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stop, stop_on_signals():
+        backend.append_logs([{"op_code": 0, "n": 1}])
+    assert stop.value.name == "SIGTERM"
+    assert not lock.exists()
+    assert [json.loads(line) for line in (tmp_path / JOURNAL_NAME).read_text().splitlines()] == [{"op_code": 0, "n": 1}]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_second_signal_during_a_held_back_stop_is_not_held_back():
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(), uninterrupted():
+        signal.raise_signal(signal.SIGINT)  # held back until the block ends
+        signal.raise_signal(signal.SIGINT)  # the user insists: Python's own Ctrl-C, now
+
+
+def test_uninterrupted_blocks_nest_and_raise_once_at_the_outermost_end():
+    ran = []
+    with pytest.raises(Stopped), stop_on_signals():
+        with uninterrupted():
+            with uninterrupted():
+                signal.raise_signal(signal.SIGTERM)
+            ran.append("inner done")
+        ran.append("never")
+    assert ran == ["inner done"]
