@@ -41,15 +41,13 @@ def pareto_front(df: pd.DataFrame, *, include_reference: bool = False) -> pd.Dat
     Returns:
         The frontier rows, sorted by latency (then trial number), with ``df``'s columns.
     """
-    done = _complete(df, include_reference).sort_values(["latency_ms", "miou", "number"], ascending=[True, False, True])
-    keep = []
-    best = -math.inf
-    for _, group in done.groupby("latency_ms", sort=True):
-        top = group["miou"].max()
-        if top > best:
-            keep.extend(group.index[group["miou"] == top])
-            best = top
-    return done.loc[keep].sort_values(["latency_ms", "number"]).reset_index(drop=True)
+    done = _complete(df, include_reference)
+    # Per latency the best mIoU; a latency stays when its best beats every faster latency's.
+    top = done.groupby("latency_ms", sort=True)["miou"].max()
+    beats = top[top > top.cummax().shift(1, fill_value=-math.inf)]
+    best_here = done["latency_ms"].map(beats)
+    keep = done[best_here.notna() & (done["miou"] == best_here)]
+    return keep.sort_values(["latency_ms", "number"]).reset_index(drop=True)
 
 
 class Hypervolume(NamedTuple):

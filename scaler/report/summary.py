@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,7 +21,7 @@ from scaler.files import atomic_path
 from scaler.report.frontier import Hypervolume, pareto_front, run_hypervolume
 from scaler.report.path import greedy_path
 from scaler.report.table import finite, trials_frame
-from scaler.search.record import DIED, OWNER_GONE, STOPPED
+from scaler.search.record import DIED, OWNER_GONE, STOPPED, TrialRecord
 from scaler.search.run_folder import FRONTIER_CSV, PATH_CSV, TRIALS_CSV, search_is_running
 from scaler.search.store import RunStore, open_run
 
@@ -78,23 +80,20 @@ def _short_dataset(spec: str | None) -> str | None:
     return spec
 
 
-def _latency_records(store: RunStore) -> list[dict[str, Any]]:
-    return [dict(t.latency) for t in store.records() if t.latency is not None]
-
-
-def run_info(store: RunStore, name: str | None = None) -> RunInfo:
+def run_info(store: RunStore, name: str | None = None, records: Sequence[TrialRecord] | None = None) -> RunInfo:
     """Title facts of a run: the most common latency fingerprint among its trials, and its space.
 
     Args:
         store: The run's study.
         name: How to call the run (default: the study name).
+        records: ``store.records()``, when the caller has read them already.
     """
     space = store.get("space") or {}
-    fps = [rec.get("fingerprint") or {} for rec in _latency_records(store)]
+    fps = [dict(t.latency).get("fingerprint") or {} for t in records or store.records() if t.latency is not None]
     fp: dict[str, Any] = {}
     if fps:
         keys = [(f.get("device_name"), f.get("backend"), f.get("dtype"), str(f.get("input_shape"))) for f in fps]
-        fp = fps[max(range(len(fps)), key=lambda i: keys.count(keys[i]))]
+        fp = fps[keys.index(Counter(keys).most_common(1)[0][0])]
     latency = space.get("latency") or {}
     device = fp.get("device_name")
     if device and not str(fp.get("device", "")).startswith("cuda"):
@@ -129,10 +128,11 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def write_tables(run_dir: str | Path, store: RunStore) -> dict[str, Path]:
+def write_tables(run_dir: str | Path, store: RunStore, df: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write ``trials.csv`` (with per-class IoU), ``frontier.csv`` and ``path.csv`` into ``run_dir``.
 
-    Each file is replaced whole, so a reader never sees half a table.
+    Each file is replaced whole, so a reader never sees half a table. ``df``: the run's
+    ``trials_frame(store, per_class=True)``, when the caller has made it already.
 
     Returns:
         ``{"trials": path, "frontier": path, "path": path}``.
@@ -141,7 +141,7 @@ def write_tables(run_dir: str | Path, store: RunStore) -> dict[str, Path]:
         UserError: ``run_dir`` cannot be written.
     """
     run_dir = Path(run_dir)
-    df = trials_frame(store, per_class=True)
+    df = trials_frame(store, per_class=True) if df is None else df
     tables = {
         "trials": (df, run_dir / TRIALS_CSV),
         "frontier": (pareto_front(df), run_dir / FRONTIER_CSV),
@@ -226,7 +226,8 @@ def summarize_run(
     """
     run_dir = Path(run_dir)
     store = store or open_run(run_dir)
-    df = trials_frame(store)
+    records = store.records()  # read once: on a large run, converting the trials is most of the time
+    df = trials_frame(store, per_class=True, records=records)
     plain = df["interrupted"].isna()
     counts = {"total": len(df), **{s: int(((df["state"] == s) & plain).sum()) for s in _STATES}}
     counts.update({key: int((df["interrupted"] == word).sum()) for key, word in _INTERRUPTIONS.items()})
@@ -238,16 +239,16 @@ def summarize_run(
         status, reason = "stopped", _GONE
     return FrontierReport(
         run_dir=run_dir,
-        info=run_info(store, run_dir.name),
+        info=run_info(store, run_dir.name, records),
         counts=counts,
         status=f"{status}: {reason}" if status and reason else status,
         frontier=pareto_front(df),
         references=refs,
         hypervolume=run_hypervolume(store, df, ref_latency_ms=ref_latency_ms),
-        files=write_tables(run_dir, store) if write else {},
+        files=write_tables(run_dir, store, df) if write else {},
         scratch_fallbacks={
             t.number: str(t.inherited.get("reason"))
-            for t in store.records()
+            for t in records
             if t.number is not None and t.inherited and t.inherited.get("fallback") == "scratch"
         },
     )

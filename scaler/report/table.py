@@ -6,12 +6,12 @@ mIoU stays a fraction in ``[0, 1]`` as the study stores it; latency is the media
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 
-from scaler.search.record import OWNER_GONE
+from scaler.search.record import OWNER_GONE, TrialRecord
 from scaler.search.store import STALE_AFTER_S, RunStore
 
 __all__ = ["SECOND_READINGS", "TRIAL_COLUMNS", "finite", "operator_dimension", "own_trials", "trials_frame"]
@@ -109,12 +109,16 @@ def _operator_kinds(store: RunStore) -> dict[str, str]:
     return {op["name"]: op["kind"] for op in ops if isinstance(op, dict) and "name" in op and "kind" in op}
 
 
-def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
+def trials_frame(
+    store: RunStore, *, per_class: bool = False, records: Sequence[TrialRecord] | None = None
+) -> pd.DataFrame:
     """One row per trial of the run, in trial order.
 
     Args:
         store: The run's study.
         per_class: Add an ``iou_<class>`` column per class (from the training result).
+        records: ``store.records()``, when the caller has read them already (a large run's read
+            is most of a report's time).
 
     Returns:
         Columns :data:`TRIAL_COLUMNS` (plus the per-class ones). ``latency_ms`` is the trial's
@@ -126,7 +130,7 @@ def trials_frame(store: RunStore, *, per_class: bool = False) -> pd.DataFrame:
     kinds = _operator_kinds(store)
     rows = []
     class_names: list[str] = []
-    for t in store.records():
+    for t in store.records() if records is None else records:
         lps = t.lps_arch
         lat = t.latency or {}
         train = t.train or {}

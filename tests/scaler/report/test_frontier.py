@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -110,6 +111,21 @@ def test_pareto_front_ties():
     assert list(front["number"]) == [3, 4, 5]
     pts = [(1.0, 0.4), (1.0, 0.4)]
     assert list(pareto_front(_frame(pts))["number"]) == [0, 1]
+
+
+def test_pareto_front_is_every_point_nothing_beats_on_many_random_points():
+    # Coarse values, so equal latencies and equal mIoUs are common.
+    rng = random.Random(3)
+    lats = [rng.randint(1, 40) / 10 for _ in range(400)]
+    pts = [(lat, round(lat / 8 + rng.randint(0, 10) / 100, 2)) for lat in lats]  # slower: better, mostly
+
+    def beaten(i: int) -> bool:
+        (li, mi) = pts[i]
+        return any((lj <= li and mj > mi) or (lj < li and mj >= mi) for lj, mj in pts)
+
+    expected = sorted((i for i in range(len(pts)) if not beaten(i)), key=lambda i: (pts[i][0], i))
+    assert list(pareto_front(_frame(pts))["number"]) == expected
+    assert 20 <= len(expected) < 60 and len({pts[i] for i in expected}) < len(expected)  # exact twins among them
 
 
 def test_pareto_front_ignores_unfinished_and_reference_trials():

@@ -9,17 +9,15 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from throwaway_pg import free_port
 
 from scaler.search.store import RunStore, open_run, open_storage
 
@@ -164,78 +162,6 @@ def test_two_local_workers_share_a_journal(tmp_path):
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bindir = _pg_bin()
-    if bindir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql package")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    # Not under pytest's tmp folder: that is private to root, and the server runs as another user.
-    base = Path(tempfile.mkdtemp(prefix="lps-scaler-pg-"))
-    data = base / "data"
-    port = _free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        # initdb refuses to run as root: run the server as the postgres user in a folder it owns.
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "scaler", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    log = data.parent / "server.log"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {data.parent}",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
-    try:
-        subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "scaler", "search"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield f"postgresql://scaler@127.0.0.1:{port}/search"
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-
-
 def test_postgres_search_with_two_workers(tmp_path, postgres_url):
     env = _env(tmp_path)
     space = _space(tmp_path, iters=30, steps=1)
@@ -317,7 +243,7 @@ def test_unreachable_storage_is_one_line(tmp_path):
             "--out",
             str(tmp_path / "x"),
             "--storage",
-            f"postgresql://nobody@127.0.0.1:{_free_port()}/none",
+            f"postgresql://nobody@127.0.0.1:{free_port()}/none",
         ),
         env=env,
         capture_output=True,
