@@ -481,22 +481,24 @@ class RunStore:
         requeued = []
         for t in self.trials(states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get(Attr.OWNER)
+            claimed = t.datetime_start.timestamp() if t.datetime_start is not None else 0.0
+            beat = t.user_attrs.get(Attr.HEARTBEAT)
             if owner is None:
                 # Claimed a moment ago: the worker moves the trial to RUNNING first and names itself
                 # right after. Only a claim left unnamed for long is a worker that died in between.
-                started = t.datetime_start.timestamp() if t.datetime_start is not None else 0.0
-                if now - started <= stale_after_s:
+                if now - claimed <= stale_after_s:
                     continue
-                owner = {}
-            beat = float(t.user_attrs.get(Attr.HEARTBEAT, 0.0))
-            if owner.get("host") == host:
-                pid = int(owner.get("pid", -1))
-                dead = (idle and pid == os.getpid()) or not _pid_alive(pid)
+                why = f"its worker died between claiming it and naming itself ({now - claimed:.0f} s ago)"
             else:
-                dead = now - beat > stale_after_s
-            if not dead:
-                continue
-            why = f"worker {owner.get('host')}:{owner.get('pid')} died (last heartbeat {now - beat:.0f} s ago)"
+                if owner.get("host") == host:
+                    pid = int(owner.get("pid", -1))
+                    dead = (idle and pid == os.getpid()) or not _pid_alive(pid)
+                else:  # named, its first heartbeat not written yet: the claim's time stands in for it
+                    dead = now - (claimed if beat is None else float(beat)) > stale_after_s
+                if not dead:
+                    continue
+                last = "no heartbeat recorded" if beat is None else f"last heartbeat {now - float(beat):.0f} s ago"
+                why = f"worker {owner.get('host')}:{owner.get('pid')} died ({last})"
             self.storage.set_trial_user_attr(t._trial_id, Attr.FAIL_REASON, why)
             try:
                 self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)

@@ -14,7 +14,7 @@ from _faults.load import large_run, load_run, read_times
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = dict(workers=3, candidates=24, kill_every_s=1.0, train_s=0.3, seed=14, timeout_s=300, log=lambda m: None)
+SETTINGS = dict(workers=3, candidates=20, kill_every_s=2.0, train_s=0.3, seed=14, timeout_s=300, log=lambda m: None)
 
 
 def _check(row: dict) -> None:

@@ -14,6 +14,9 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from models import get_arch
 from scaler.cli import main
 from scaler.errors import UserError
 from scaler.search.expand import Constraints
-from scaler.search.journal import DurableJournalBackend, JournalDamagedError
+from scaler.search.journal import DurableJournalBackend, JournalDamagedError, KernelLock
 from scaler.search.record import TrialRecord
 from scaler.search.run_folder import DAMAGED_JOURNALS, JOURNAL_NAME, RUN_FILE
 from scaler.search.stops import Stopped, stop_on_signals, uninterrupted
@@ -236,15 +239,16 @@ def test_a_damaged_run_json_is_one_line_saying_how_to_fix_it(finished, run_copy)
 
 
 def test_a_stop_while_the_journal_lock_is_held_waits_for_the_write(tmp_path, monkeypatch):
-    # The signal lands the instant the lock file is taken (before Optuna's `try` that releases it):
-    # raised there, it left the lock behind and every other process of the run waited 30 s.
-    backend = DurableJournalBackend(str(tmp_path / JOURNAL_NAME))
-    lock = Path(backend._lock._lock_file)
+    # The signal lands the instant the lock is taken (before Optuna's `try` that releases it): raised
+    # there, the lock stayed held by this process, and its own next write (marking the stopped trial)
+    # waited on it for ever.
+    journal = tmp_path / JOURNAL_NAME
+    backend = DurableJournalBackend(str(journal))
     real = backend._lock.acquire
 
     def acquire_then_signal() -> bool:
         taken = real()
-        assert lock.exists()
+        assert KernelLock.held(journal)
         signal.raise_signal(signal.SIGTERM)
         return taken
 
@@ -253,9 +257,34 @@ def test_a_stop_while_the_journal_lock_is_held_waits_for_the_write(tmp_path, mon
     with pytest.raises(Stopped) as stop, stop_on_signals():
         backend.append_logs([{"op_code": 0, "n": 1}])
     assert stop.value.name == "SIGTERM"
-    assert not lock.exists()
-    assert [json.loads(line) for line in (tmp_path / JOURNAL_NAME).read_text().splitlines()] == [{"op_code": 0, "n": 1}]
+    assert not KernelLock.held(journal)
+    assert [json.loads(line) for line in journal.read_text().splitlines()] == [{"op_code": 0, "n": 1}]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_writer_killed_holding_the_journal_lock_leaves_no_lock(tmp_path):
+    # Optuna's lock (a file that exists while held) outlived a killed holder: every other process
+    # then waited 30 s. The kernel drops this one with its process.
+    journal = tmp_path / JOURNAL_NAME
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from scaler.search.journal import KernelLock; "
+            f"KernelLock({str(journal)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    assert KernelLock.held(journal)
+    started = time.monotonic()
+    blocked = DurableJournalBackend(str(journal))
+    holder.kill()
+    holder.wait()
+    blocked.append_logs([{"op_code": 0, "n": 1}])
+    assert time.monotonic() - started < 5
+    assert not KernelLock.held(journal)
 
 
 def test_a_second_signal_during_a_held_back_stop_is_not_held_back():

@@ -51,7 +51,7 @@ def test_local_worker_that_died_is_failed_and_requeued_once(tmp_path):
     store.storage.set_trial_user_attr(claim.trial_id, "owner", {"host": socket.gethostname(), "pid": _dead_pid()})
     assert store.reap_stale() == [1]
     dead, retry = store.trials()
-    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+    assert dead.state == TrialState.FAIL and "died (last heartbeat 0 s ago)" in dead.user_attrs["fail_reason"]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
     assert "owner" not in retry.user_attrs and retry.user_attrs["step"] == 0
     assert store.reap_stale() == []
@@ -83,6 +83,19 @@ def test_a_claim_not_yet_named_is_not_taken_for_a_dead_worker(tmp_path):
     # Left unnamed for longer than a heartbeat may be late: that worker died right after claiming.
     assert store.reap_stale(now=time.time() + STALE_AFTER_S + 5) == [1]
     assert store.trials()[0].state == TrialState.FAIL
+    assert store.trials()[0].user_attrs["fail_reason"].startswith("its worker died between claiming it and naming")
+
+
+def test_a_remote_worker_named_but_without_a_heartbeat_yet_is_judged_from_its_claim(tmp_path):
+    # Named and not yet beating (two writes apart): alive until its claim is older than a heartbeat may be late.
+    store = _store(tmp_path)
+    trial_id = store.trials()[0]._trial_id
+    assert store.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    store.storage.set_trial_user_attr(trial_id, "owner", {"host": "elsewhere", "pid": 1})
+    claimed = store.trials()[0].datetime_start.timestamp()
+    assert store.reap_stale(now=claimed + STALE_AFTER_S - 1) == []
+    assert store.reap_stale(now=claimed + STALE_AFTER_S + 1) == [1]
+    assert store.trials()[0].user_attrs["fail_reason"] == "worker elsewhere:1 died (no heartbeat recorded)"
 
 
 def test_a_worker_never_creates_a_journal(tmp_path):
