@@ -77,8 +77,9 @@ class GreedySettings:
             single (cached) measurement per network instead, as runs before paired probes did.
         tie_seed: A second training seed for a tie: when the best two slopes' intervals still overlap
             after ``max_paired_rounds``, both contenders and the step's parent are trained again with
-            this seed, and their mean mIoU over the two seeds decides. ``None`` (the default): the
-            point estimate decides, and the step is recorded as not sure.
+            this seed (the next one when it is ``training.seed``: :attr:`SearchSpace.tie_seed`), and
+            their mean mIoU over the two seeds decides. ``None`` (the default): the point estimate
+            decides, and the step is recorded as not sure.
         halving: Successive halving within a step: every candidate trains the first rung of the
             schedule, the better half by slope (against the parent, or the control, at the same
             iteration) goes on to the next rung, until one remains or the whole schedule is spent;
@@ -195,6 +196,14 @@ class SearchSpace:
             "greedy": self.greedy.to_dict(),
             **({"references": list(self.references)} if self.references else {}),
         }
+
+    @property
+    def tie_seed(self) -> int | None:
+        """The seed a tie's second training uses: ``greedy.tie_seed``, or the next seed when that is the
+        run's own ``training.seed`` (a second training with the first one's seed repeats it exactly:
+        the contenders' means would be their first readings, at the price of three trainings)."""
+        seed = self.greedy.tie_seed
+        return seed + 1 if seed is not None and seed == self.training.seed else seed
 
     def space_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -410,12 +410,12 @@ class GreedyStrategy(Strategy):
                     f"its candidates: mIoU {100 * base.miou:.2f}, {100 * (parent.miou or 0):.2f} before)",
                 )
             ranked = sorted(estimates, key=lambda n: (-estimates[n].slope, order[n]))
-            if overlap is not None and g.tie_seed is not None:
+            if overlap is not None and self.space.tie_seed is not None:
                 # Recorded before the replicas are queued: a resumed search goes on from here and
                 # never times the contenders again.
                 tie = {
                     "contenders": ranked[:2],
-                    "seed": g.tie_seed,
+                    "seed": self.space.tie_seed,
                     "estimates": {str(n): e.to_dict() for n, e in estimates.items()},
                     "actions": actions,
                 }
