@@ -131,7 +131,7 @@ def journal_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`",
         "",
         f"Machine: {machine_line(report['machine'])}. Seed {report['seed']}. The run: the tiny synthetic space of "
-        f"`benchmarks/bench_faults.py` (2 greedy steps, real latency and training), {res['journal_records']} "
+        f"`benchmarks/_faults/common.py` (2 greedy steps, real latency and training), {res['journal_records']} "
         f"records, {res['journal_bytes']} bytes, {res['uninterrupted_s']} s uninterrupted. Each cut is made on a "
         "copy of the finished run; then `scaler frontier`, `scaler search` (resume) and `scaler frontier` run on "
         "it as separate processes.",

@@ -217,7 +217,7 @@ def kill_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`",
         "",
         f"Machine: {machine_line(report['machine'])}. Seed {report['seed']}. The search: the tiny synthetic space "
-        f"of `benchmarks/bench_faults.py` with {ref['steps']} greedy steps, run by `tests/helpers/fake_cli.py` "
+        f"of `benchmarks/_faults/common.py` with {ref['steps']} greedy steps, run by `tests/helpers/fake_cli.py` "
         f"(the real `scaler search`, each its own process; deterministic stand-ins for latency and training, "
         f"each training sleeping {res['train_s']} s). Uninterrupted: {ref['trials']} trials ({ref['complete']} "
         f"complete), {ref['seconds']} s, {ref['startup_s']} s of it before the run's journal existed. The killed "
