@@ -35,7 +35,11 @@ from torch import nn
 from .text import DEFAULT_TEMPLATES, TextEncoderError, check_spec, check_templates, encoder_dim
 
 __all__ = [
+    "FUSION_PARTS",
+    "HEAD_INITS",
     "HEAD_KINDS",
+    "HEAD_OPTIMIZERS",
+    "LEGACY_RECIPE",
     "DenseCLIPHead",
     "FusionDeployHead",
     "FusionHead",
@@ -53,7 +57,28 @@ __all__ = [
 # The CLIP temperature: logits = scale * cosine, scale starting at 1/0.07 and capped at 100.
 INIT_SCALE = 1 / 0.07
 MAX_SCALE = 100.0
-_INLINE_FIELDS = {"dim": int, "layers": int, "heads": int, "aux": float}
+# NAME+KIND/key=value parts: key -> (field, type).
+_INLINE_FIELDS: dict[str, tuple[str, type]] = {
+    "dim": ("dim", int),
+    "layers": ("layers", int),
+    "heads": ("heads", int),
+    "aux": ("aux_weight", float),
+    "opt": ("optimizer", str),
+    "lr": ("lr", float),
+    "wd": ("weight_decay", float),
+    "warmup": ("warmup", float),
+    "init": ("init", str),
+    "ablate": ("ablate", str),
+}
+HEAD_OPTIMIZERS = ("adamw", "sgd")
+HEAD_INITS = ("denseclip", "random")
+# Parts of the fusion head an ablation can switch off (see FusionHead.switch_off).
+FUSION_PARTS = ("text_self", "to_text", "to_pixels")
+# What a language-guided head trained with before the recipe fields existed: a head read from a stored run
+# or arch.json that does not name them is that head, so old runs resume and compare unchanged.
+LEGACY_RECIPE: dict[str, Any] = {"optimizer": "sgd", "init": "random"}
+# Fields that mean something only with the AdamW recipe.
+_ADAMW_FIELDS = ("lr", "weight_decay", "warmup")
 
 
 class HeadError(ValueError):
@@ -136,6 +161,26 @@ class HeadConfig:
         layers: Fusion layers (``fusion``).
         heads: Attention heads; must divide ``dim`` (``fusion``).
         aux_weight: Weight of the auxiliary loss on the pre-fusion score map (``fusion``; 0 = off).
+        optimizer: How a language-guided head's transformer parts train: ``adamw`` (its linear layers,
+            LayerNorms and logit scale by AdamW with their own learning rate, warm-up and weight decay;
+            convolutions and BatchNorms, the head's and the backbone's, by the training config's SGD) or
+            ``sgd`` (every parameter by the training config's SGD, as before these fields existed).
+        lr: Peak learning rate of the AdamW parameters (poly decay after the warm-up, like the SGD ones).
+        weight_decay: AdamW's weight decay on the linear weights (never on norms, biases or the scale).
+        warmup: The AdamW parameters' linear warm-up, as a fraction of the schedule (at least the SGD
+            warm-up).
+        init: How the fusion head starts: ``denseclip`` (every residual branch -- the conv branch, the text
+            self-attention and MLP, both bridge directions, the text output -- starts at zero, so the head
+            starts as a DenseCLIP score map between the projected pixels and the projected class
+            embeddings and learns what the branches add) or ``random`` (PyTorch's default init).
+        ablate: Fusion parts switched off, for ablations (:data:`FUSION_PARTS`): ``text_self`` (the class
+            tokens' self-attention), ``to_text`` (the pixels -> text bridge direction), ``to_pixels``
+            (text -> pixels). A part switched off has its output projection fixed at zero (not trained), so
+            the network computes exactly what it would without it (its latency is not saved).
+
+    A head read back from a stored run or arch.json that does not name ``optimizer``/``init`` is the head
+    trained before those fields existed (:data:`LEGACY_RECIPE`: SGD, random init), so older runs resume as
+    they were; a head written in a search space or an ARCH takes the defaults above.
 
     Raises:
         HeadError: A value is malformed; the message names it.
@@ -148,6 +193,12 @@ class HeadConfig:
     layers: int = 1
     heads: int = 4
     aux_weight: float = 0.4
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+    init: str = "denseclip"
+    ablate: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _HEADS:
@@ -167,6 +218,35 @@ class HeadConfig:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 10:
             raise HeadError(f"head aux_weight must be a number in [0, 10], got {w!r}")
         object.__setattr__(self, "aux_weight", float(w))
+        if self.optimizer not in HEAD_OPTIMIZERS:
+            raise HeadError(f"head optimizer must be one of {', '.join(HEAD_OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.init not in HEAD_INITS:
+            raise HeadError(f"head init must be one of {', '.join(HEAD_INITS)}, got {self.init!r}")
+        for name, low, high in (("lr", 0.0, 10.0), ("weight_decay", 0.0, 10.0), ("warmup", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+                raise HeadError(f"head {name} must be a number in [{low:g}, {high:g}], got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.lr == 0:
+            raise HeadError("head lr must be > 0, got 0")
+        # A tuple, or "to_text+text_self" as NAME+KIND/ablate=... writes it.
+        a = self.ablate
+        parts = tuple(p for p in a.split("+") if p) if isinstance(a, str) else tuple(a)
+        bad = [p for p in parts if p not in FUSION_PARTS]
+        if bad:
+            raise HeadError(f"head ablate: unknown part {bad[0]!r} (parts: {', '.join(FUSION_PARTS)})")
+        object.__setattr__(self, "ablate", tuple(sorted(set(parts))))
+        # Settings a kind does not use are kept at their defaults, so equal heads compare and hash equal.
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = []
+        if self.kind == "plain":
+            unused = ["optimizer", *_ADAMW_FIELDS, "init"]
+        elif self.optimizer == "sgd":
+            unused = list(_ADAMW_FIELDS)
+        if self.kind != "fusion":
+            unused += ["init", "dim", "layers", "heads", "aux_weight", "ablate"]
+        for name in unused:
+            object.__setattr__(self, name, defaults[name])
 
     @property
     def language_guided(self) -> bool:
@@ -186,8 +266,23 @@ class HeadConfig:
         aux = f"; auxiliary loss weight {self.aux_weight:g}" if self.has_aux else ""
         return (
             f"{self.kind} (language-guided: class names embedded by '{self.text_encoder}' with "
-            f"{len(self.templates)} prompt templates{sizes}{aux})"
+            f"{len(self.templates)} prompt templates{sizes}{aux}; {self.describe_recipe()})"
         )
+
+    def describe_recipe(self) -> str:
+        """How the head trains, in a few words (language-guided heads)."""
+        if self.optimizer == "sgd":
+            text = "trained with the backbone's SGD"
+        else:
+            text = (
+                f"linear layers, norms and scale by AdamW (lr {self.lr:g}, weight decay {self.weight_decay:g}, "
+                f"warm-up {self.warmup:.0%}), convolutions by the backbone's SGD"
+            )
+        if self.kind == "fusion":
+            text += "; starts as DenseCLIP" if self.init == "denseclip" else "; random init"
+            if self.ablate:
+                text += f"; switched off: {', '.join(self.ablate)}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON; a plain head is just its kind, the settings that matter to the others follow."""
@@ -196,10 +291,30 @@ class HeadConfig:
         out: dict[str, Any] = {"kind": self.kind, "text_encoder": self.text_encoder, "templates": list(self.templates)}
         if self.kind == "fusion":
             out.update(dim=self.dim, layers=self.layers, heads=self.heads, aux_weight=self.aux_weight)
+        # The recipe's fields only where they differ from the legacy recipe: a head of a run made before
+        # them writes (and hashes) as it did.
+        if self.optimizer != LEGACY_RECIPE["optimizer"]:
+            out.update(optimizer=self.optimizer, **{name: getattr(self, name) for name in _ADAMW_FIELDS})
+        if self.kind == "fusion" and self.init != LEGACY_RECIPE["init"]:
+            out["init"] = self.init
+        if self.ablate:
+            out["ablate"] = list(self.ablate)
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "head") -> HeadConfig:
+    def from_dict(cls, data: Any, *, source: str = "head", stored: bool = True) -> HeadConfig:
+        """The head a :meth:`to_dict` mapping, a kind string or a search space's ``head:`` describes.
+
+        Args:
+            data: A kind (``"fusion"``) or a mapping of fields.
+            source: Named in error messages.
+            stored: ``data`` was written by :meth:`to_dict` (a run, an arch.json): a language-guided head
+                that names no ``optimizer``/``init`` trained with :data:`LEGACY_RECIPE`. ``False`` (what a
+                user writes in a search space): missing fields take the current defaults.
+
+        Raises:
+            HeadError: Not a kind or a mapping, an unknown key, or a bad value.
+        """
         if isinstance(data, str):
             return cls(kind=data)
         if not isinstance(data, dict):
@@ -209,21 +324,29 @@ class HeadConfig:
         if unknown:
             raise HeadError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
         kw = dict(data)
-        if "templates" in kw and isinstance(kw["templates"], list):
-            kw["templates"] = tuple(kw["templates"])
+        if stored and kw.get("kind") != "plain":
+            for name, value in LEGACY_RECIPE.items():
+                kw.setdefault(name, value)
+        for name in ("templates", "ablate"):
+            if name in kw and isinstance(kw[name], list):
+                kw[name] = tuple(kw[name])
         try:
             return cls(**kw)
         except (HeadError, TypeError) as e:
             raise HeadError(f"{source}: {e}") from None
 
     def inline(self) -> str:
-        """``fusion`` or ``fusion/dim=96/layers=2`` (sizes that differ from the defaults)."""
+        """``fusion`` or ``fusion/dim=96/layers=2/opt=sgd`` (settings that differ from the defaults)."""
         default = HeadConfig(kind=self.kind)
         parts = [self.kind]
-        if self.kind == "fusion":
-            for key, attr in (("dim", "dim"), ("layers", "layers"), ("heads", "heads"), ("aux", "aux_weight")):
-                if getattr(self, attr) != getattr(default, attr):
-                    parts.append(f"{key}={getattr(self, attr):g}")
+        for key, (attr, cast) in _INLINE_FIELDS.items():
+            value = getattr(self, attr)
+            if value == getattr(default, attr):
+                continue
+            if isinstance(value, tuple):
+                parts.append(f"{key}={'+'.join(value)}")
+            else:
+                parts.append(f"{key}={value:g}" if cast is not str else f"{key}={value}")
         return "/".join(parts)
 
     @classmethod
@@ -236,8 +359,9 @@ class HeadConfig:
                 raise HeadError(
                     f"head {text!r}: bad part {part!r} (expected {', '.join(k + '=...' for k in _INLINE_FIELDS)})"
                 )
+            attr, cast = _INLINE_FIELDS[key]
             try:
-                kw["aux_weight" if key == "aux" else key] = _INLINE_FIELDS[key](value)
+                kw[attr] = cast(value)
             except ValueError:
                 raise HeadError(f"head {text!r}: {key} must be a number, got {value!r}") from None
         return cls(kind=kind, **kw)

@@ -104,6 +104,42 @@ class FusionHead(LanguageHead):
         self.pixel_out = nn.Conv2d(dim, dim, 1, 1, 0, bias=True)
         self.text_out = nn.Linear(dim, dim)
         self.aux_pixel = nn.Conv2d(dim, dim, 1, 1, 0, bias=True) if config.has_aux else None
+        if config.init == "denseclip":
+            self.start_as_denseclip()
+        for part in config.ablate:
+            self.switch_off(part)
+
+    @torch.no_grad()
+    def switch_off(self, part: str) -> None:
+        """Fix ``part``'s output projection at zero in every layer (an ablation; see ``HeadConfig.ablate``).
+
+        ``text_self``: the class tokens' self-attention; ``to_text``: the pixels -> text bridge direction;
+        ``to_pixels``: text -> pixels. The residual then adds nothing, whatever the part's other weights.
+        """
+        for layer in self.layers:
+            out = {"text_self": layer.text_self, "to_text": layer.to_text, "to_pixels": layer.to_pixels}[part].out
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            out.requires_grad_(False)
+
+    @torch.no_grad()
+    def start_as_denseclip(self) -> None:
+        """Zero every residual branch, so the head computes DenseCLIP's score map and learns what they add.
+
+        The conv branch's last BatchNorm scale, the text self-attention's and MLP's output layers, both
+        bridge directions' output projections and ``text_out`` start at zero: each layer passes the
+        visual map (post-ReLU, so the ReLU after the residual is the identity) and the class tokens
+        through unchanged, and the logits are the cosine between ``pixel_out(visual_in(x))`` and
+        ``text_in(embeddings)``, scaled. The branches' other weights keep their random init, so the
+        zeroed layers get gradients from the first step on (as ReZero/LayerScale-style residuals do).
+        """
+        for layer in self.layers:
+            nn.init.zeros_(layer.conv[4].weight)
+            for linear in (layer.text_self.out, layer.text_mlp[2], layer.to_text.out, layer.to_pixels.out):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.text_out.weight)
+        nn.init.zeros_(self.text_out.bias)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False) -> Any:
         b = x.shape[0]

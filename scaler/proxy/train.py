@@ -34,6 +34,7 @@ from scaler.files import atomic_path
 from scaler.proxy.augment import AugmentConfig, TrainStream
 from scaler.proxy.data import DataError, SegmentationDataset, open_dataset
 from scaler.proxy.metrics import confusion_matrix, evaluate, iou_from_confusion, scores
+from scaler.proxy.recipe import Optimizers, ParamGroup, param_groups
 
 __all__ = [
     "INHERIT_MISSING",
@@ -211,6 +212,7 @@ class TrainResult:
     device: str = "cpu"
     num_val_images: int = 0
     rungs: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    param_groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -508,7 +510,10 @@ def _fit_and_score(
     loader = _loader(setup, span)
     earlier = list(span.resume.losses) if span.resume is not None else []
     losses: list[float] = []
-    fields: dict[str, Any] = {"device": str(setup.device)}
+    fields: dict[str, Any] = {
+        "device": str(setup.device),
+        "param_groups": [g.summary() for g in _param_groups(model, setup)],
+    }
     bar = _progress(span.stop - span.start, progress, f"train {setup.arch.arch_hash()}")
     state: dict[str, Any] = {}
     rungs: list[dict[str, float]] = []
@@ -604,9 +609,7 @@ def _train(
     aux_weight = setup.arch.head.aux_weight if setup.arch.head.has_aux else 0.0
     ignore_index = setup.train_set.info.ignore_index
     scaler = torch.amp.GradScaler(device.type, enabled=setup.amp and device.type == "cuda")
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = Optimizers(_param_groups(model, setup), momentum=config.momentum)
     if span.resume is not None:
         optimizer.load_state_dict(span.resume.optimizer)
         scaler.load_state_dict(span.resume.grad_scaler)
@@ -619,14 +622,16 @@ def _train(
         y = y.to(device, non_blocking=True)
         if setup.channels_last:
             x = x.to(memory_format=torch.channels_last)
-        lr = poly_lr(it, base_lr=config.lr, iters=config.iters, power=config.poly_power, warmup=config.resolved_warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = optimizer.set_lr(
+            lambda base, warmup, it=it: poly_lr(
+                it, base_lr=base, iters=config.iters, power=config.poly_power, warmup=warmup
+            )
+        )
         with torch.autocast(device_type=device.type, enabled=setup.amp):
             loss = _loss(model, x, y, aux_weight, ignore_index, config)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        optimizer.step(scaler)
         scaler.update()
         value = float(loss.detach())  # sync point: also where a non-finite loss is caught
         if not math.isfinite(value):
@@ -644,6 +649,19 @@ def _train(
     state["optimizer"] = optimizer.state_dict()
     state["grad_scaler"] = scaler.state_dict()
     return data_time
+
+
+def _param_groups(model: SegModel, setup: _Setup) -> list[ParamGroup]:
+    """The recipe's optimiser groups for ``model`` (:mod:`scaler.proxy.recipe`)."""
+    config = setup.config
+    return param_groups(
+        model,
+        setup.arch.head,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_iters=config.resolved_warmup,
+        iters=config.iters,
+    )
 
 
 def _loss(

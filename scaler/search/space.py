@@ -283,7 +283,7 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
     start = _start(data["start"], base_dir, fail)
     if "head" in data:
         try:
-            head = HeadConfig.from_dict(data["head"], source="head")
+            head = HeadConfig.from_dict(data["head"], source="head", stored=False)
         except HeadError as e:
             raise fail("head", str(e).removeprefix("head: ")) from None
         if start.head.kind != "plain" and start.head != head:

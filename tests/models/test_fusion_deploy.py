@@ -37,7 +37,9 @@ def _randomize_norms(model: nn.Module, seed: int) -> None:
 
 
 def _fusion(backbone: str, num_classes: int, **head: int) -> nn.Module:
-    arch = dataclasses.replace(BACKBONES[backbone], num_classes=num_classes, head=HeadConfig(kind="fusion", **head))
+    arch = dataclasses.replace(
+        BACKBONES[backbone], num_classes=num_classes, head=HeadConfig(kind="fusion", init="random", **head)
+    )
     model = build_model(arch)
     _randomize_norms(model, seed=num_classes)
     return model.eval()

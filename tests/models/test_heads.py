@@ -40,8 +40,10 @@ BACKBONES = {
     ),
     "mobilenetv2": MobileNetV2Arch(width_mult=0.25, num_classes=5),
 }
-# Small settings for the head kinds that have sizes; every registered kind is tested.
-HEAD_SETTINGS = {"fusion": {"dim": 16, "layers": 2, "heads": 2}}
+# Small settings for the head kinds that have sizes; every registered kind is tested. The fusion head
+# starts with random weights everywhere (as a trained one has them): its DenseCLIP start zeroes the
+# residual branches, which tests/models/test_head_recipe.py covers.
+HEAD_SETTINGS = {"fusion": {"dim": 16, "layers": 2, "heads": 2, "init": "random"}}
 HEADS = {kind: HeadConfig(kind=kind, **HEAD_SETTINGS.get(kind, {})) for kind in HEAD_KINDS}
 
 

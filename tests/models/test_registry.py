@@ -93,15 +93,29 @@ def test_bad_type():
     [
         ("lpsnet_s", "ad758a42bb25", "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25"),
         ("lpsnet_tiny", "2a273e0bdeb1", "lpsnet:d=1,1,1,1,1;w=4,8,16,32,32;r=0.5"),
-        ("lpsnet_l+fusion", "c5bf3470ac83", "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25;h=fusion"),
+        # Language-guided heads with the recipe they trained with before its fields existed (SGD, random
+        # init: what a stored head that names no recipe reads as) keep the hashes pinned then.
+        (
+            "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25;h=fusion/opt=sgd/init=random",
+            "c5bf3470ac83",
+            "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25;h=fusion/opt=sgd/init=random",
+        ),
         ("mobilenetv2_050", "6505bb3bdf8a", "mobilenetv2:m=0.5"),
-        ("mobilenetv2_100+denseclip", "0f244f472e4f", "mobilenetv2:m=1;h=denseclip"),
+        ("mobilenetv2:m=1;h=denseclip/opt=sgd", "0f244f472e4f", "mobilenetv2:m=1;h=denseclip/opt=sgd"),
+        (
+            "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2/opt=sgd/init=random",
+            "bf8a7b17a8da",
+            "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2/opt=sgd/init=random",
+        ),
+        ("mobilenetv2:m=0.35;c=5;h=denseclip/opt=sgd", "f609d6b32d52", "mobilenetv2:m=0.35;c=5;h=denseclip/opt=sgd"),
+        # Today's recipe (AdamW for the transformer parts, DenseCLIP start) is another trained network.
+        ("lpsnet_l+fusion", "f1946e9fa1ba", "lpsnet:d=1,3,3,10,10;w=8,24,64,160,160;r=1,0.25;h=fusion"),
+        ("mobilenetv2_100+denseclip", "8d2606bafff7", "mobilenetv2:m=1;h=denseclip"),
         (
             "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2",
-            "bf8a7b17a8da",
+            "f318c51b7f1a",
             "lpsnet:d=1,3,3,10,10;w=8,24,48,96,96;r=0.75,0.25;c=7;h=fusion/dim=96/layers=2",
         ),
-        ("mobilenetv2:m=0.35;c=5;h=denseclip", "f609d6b32d52", "mobilenetv2:m=0.35;c=5;h=denseclip"),
     ],
 )
 def test_arch_hashes_and_inline_are_pinned(spec, arch_hash, inline):
@@ -119,8 +133,14 @@ def test_to_dict_is_pinned():
         '{"family": "lpsnet", "depth": [1, 3, 3, 10, 10], "width": [8, 24, 48, 96, 96], '
         '"resolution": [1.0, 0.25], "num_classes": 19}'
     )
-    assert resolve_arch("mobilenetv2:m=0.35;c=5;h=denseclip").to_json(indent=None) == (
+    assert resolve_arch("mobilenetv2:m=0.35;c=5;h=denseclip/opt=sgd").to_json(indent=None) == (
         '{"family": "mobilenetv2", "width_mult": 0.35, "num_classes": 5, "head": {"kind": "denseclip", '
         '"text_encoder": "minilm", "templates": ["a photo of a {}.", "a photo of the {}.", '
         '"there is a {} in the scene.", "a cropped photo of a {}."]}}'
+    )
+    assert resolve_arch("mobilenetv2:m=0.35;c=5;h=denseclip").to_json(indent=None) == (
+        '{"family": "mobilenetv2", "width_mult": 0.35, "num_classes": 5, "head": {"kind": "denseclip", '
+        '"text_encoder": "minilm", "templates": ["a photo of a {}.", "a photo of the {}.", '
+        '"there is a {} in the scene.", "a cropped photo of a {}."], "optimizer": "adamw", "lr": 0.001, '
+        '"weight_decay": 0.0001, "warmup": 0.1}}'
     )

@@ -227,18 +227,32 @@ def test_seeded_run_on_stripes_is_pinned():
     ]  # fmt: skip
 
 
-def test_seeded_run_with_a_fusion_head_is_pinned(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("recipe", "miou", "curve"),
+    [
+        # Every parameter by SGD from a random init: what runs made before the recipe fields trained with.
+        (
+            {"optimizer": "sgd", "init": "random"},
+            0.26143430528825995,
+            [1.5969, 2.02665, 1.46703, 1.78378, 1.48291, 1.19622, 1.23395, 1.17272],
+        ),
+        # The default recipe: AdamW for the head's transformer parts, starting as DenseCLIP.
+        ({}, 0.3818520618806484, [1.76844, 2.69953, 1.44471, 1.3599, 1.30162, 0.81421, 0.83363, 0.61694]),
+    ],
+)
+def test_seeded_run_with_a_fusion_head_is_pinned(tmp_path, monkeypatch, recipe, miou, curve):
     # The auxiliary-loss path of the loop, with precomputed (seeded) class embeddings.
     monkeypatch.setenv("LPS_SCALER_TEXT_CACHE", str(tmp_path / "text-cache"))
     emb = torch.randn(3, 32, generator=torch.Generator().manual_seed(7))
     encoder = f"file:{save_embeddings(tmp_path / 'classes.pt', emb, ['red', 'green', 'blue'])}"
-    arch = dataclasses.replace(SMALL_NET, head=HeadConfig(kind="fusion", text_encoder=encoder))
+    arch = dataclasses.replace(SMALL_NET, head=HeadConfig(kind="fusion", text_encoder=encoder, **recipe))
     r = _train(arch=arch, iters=8)
     assert r.ok, r.reason
-    assert r.miou == 0.26143430528825995
-    assert r.loss_first == 1.5969047546386719
-    assert r.loss_last == 1.172715663909912
-    assert r.loss_curve == [1.5969, 2.02665, 1.46703, 1.78378, 1.48291, 1.19622, 1.23395, 1.17272]
+    assert r.miou == miou
+    assert r.loss_curve == curve
+    # The groups it trained with are in the result (and so in the trial).
+    assert [g["optimizer"] for g in r.param_groups] == (["sgd"] if recipe else ["sgd", "adamw", "adamw"])
+    assert r.arch["head"].get("optimizer") == (None if recipe else "adamw")
 
 
 def test_training_leaves_the_callers_global_rng_alone():
