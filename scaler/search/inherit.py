@@ -234,7 +234,8 @@ def inherited_state(
         if dataclasses.replace(parent_arch, num_classes=parent.arch.num_classes) != parent.arch:
             raise ValueError(f"it holds the weights of {parent_arch.inline()}, not of {parent.arch.inline()}")
         child = dataclasses.replace(child, num_classes=parent_arch.num_classes)  # both fitted to the dataset
-        noise = 0.0 if child == parent_arch else GROWTH_NOISE
+        # No backbone growth (the control, or a head switch alone): no channel is copied, no noise to add.
+        noise = 0.0 if dataclasses.replace(child, head=parent_arch.head) == parent_arch else GROWTH_NOISE
         state = grow_state_dict(
             blob["state_dict"], parent_arch, child, noise=noise, seed=seed, class_embeddings=embeddings
         )
