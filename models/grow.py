@@ -32,9 +32,16 @@ weights, in the train form (conv + BatchNorm). What each kind of growth keeps:
   stages 3 and 4, and the input of every grown path changes.
 - **heads**: carried over tensor for tensor (a language-guided head's class embeddings and logit
   scale included); only the first layer's input columns change when the head's input widens.
+- **a head change** (another kind, or other settings: a search's ``head`` operator): the backbone is
+  grown as above and carried over; the new head starts from its own seeded initialisation (what
+  :func:`~models.heads.build_head` builds with torch's generator seeded with ``seed``), as it would
+  from scratch. This is *not* function-preserving: nothing of the old head is kept, except a
+  language-guided head's class embeddings when the new head embeds the classes the same way (the
+  same text encoder and prompt templates) or when they are given (``class_embeddings``); otherwise
+  the new head holds its stand-in embeddings until it is pointed at its classes.
 
 A child that is not a growth of its parent (a smaller width or depth, fewer paths, a smaller
-factor, another class count or head) raises :class:`GrowthError` naming the difference.
+factor, another class count) raises :class:`GrowthError` naming the difference.
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ from collections import Counter
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from .arch import NUM_STAGES, ArchError, LPSNetArch
-from .heads import LanguageHead
+from .heads import HeadConfig, LanguageHead, build_head
 from .lpsnet import PATH_NAMES, LPSNet
 
 __all__ = ["HEAD_INPUT_WEIGHT", "GrowthError", "check_growth", "grow_model", "grow_state_dict", "match_paths"]
@@ -72,8 +80,9 @@ class GrowthError(ArchError):
 def check_growth(parent: LPSNetArch, child: LPSNetArch) -> None:
     """Raise :class:`GrowthError` unless ``child`` only adds to ``parent`` (an equal child is fine).
 
-    Growth keeps the class count and head, and never lowers a depth, a width, the number of paths or,
-    taking the factors from high to low, any factor.
+    Growth keeps the class count, and never lowers a depth, a width, the number of paths or, taking
+    the factors from high to low, any factor. The head may change (see the module docstring): a child
+    that differs in its head alone, or in its head and a growth, passes.
 
     Raises:
         GrowthError: The first difference that is not growth, named with both values.
@@ -85,8 +94,6 @@ def check_growth(parent: LPSNetArch, child: LPSNetArch) -> None:
     where = f"{child.inline()} is not a growth of {parent.inline()}"
     if child.num_classes != parent.num_classes:
         raise GrowthError(f"{where}: num_classes {child.num_classes} != {parent.num_classes}")
-    if child.head != parent.head:
-        raise GrowthError(f"{where}: head {child.head.inline()!r} != {parent.head.inline()!r}")
     for field in ("depth", "width"):
         for i, (p, c) in enumerate(zip(getattr(parent, field), getattr(child, field), strict=True)):
             if c < p:
@@ -137,6 +144,7 @@ def grow_state_dict(
     *,
     noise: float = 0.0,
     seed: int = 0,
+    class_embeddings: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weights of ``child_arch`` grown from a train-form ``parent_state`` (see the module docstring).
 
@@ -147,7 +155,12 @@ def grow_state_dict(
         noise: Standard deviation, relative to each widened conv's weight spread, of the normal noise
             added to the copied channels' incoming weights (drawn per path, a new path's too); 0 keeps
             the function exactly.
-        seed: Seeds which channels are copied and the noise: the same seed gives the same weights.
+        seed: Seeds which channels are copied and the noise, and a new head's initialisation when the
+            head changes: the same seed gives the same weights.
+        class_embeddings: When the head changes to a language-guided one: its class embeddings
+            (``K x D``, ``K`` = ``child_arch.num_classes``; normalised here). ``None``: the parent's,
+            when its head is language-guided with the same text encoder and templates, else the new
+            head's stand-ins. Ignored when the head does not change.
 
     Returns:
         A state dict that ``LPSNet(child_arch).load_state_dict`` takes strictly; the parent's tensors
@@ -157,7 +170,7 @@ def grow_state_dict(
         GrowthError: ``child_arch`` is not a growth of ``parent_arch``, ``parent_state`` does not fit
             ``parent_arch`` (deploy form included), or the head's input widens for a head kind
             missing from :data:`HEAD_INPUT_WEIGHT`.
-        ValueError: ``noise`` is negative or not finite.
+        ValueError: ``noise`` is negative or not finite, or ``class_embeddings`` do not fit the new head.
     """
     sources = match_paths(parent_arch, child_arch)
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
@@ -172,19 +185,27 @@ def grow_state_dict(
     out: dict[str, torch.Tensor] = {}
     for ci, pi in enumerate(sources):
         _grow_path(parent_state, parent_names[pi], child_names[ci], maps, parent_arch, child_arch, noise, gen, out)
-    out.update(_grow_head(parent_state, parent_arch, child_arch, sources, maps[-1][-1]))
+    if child_arch.head == parent_arch.head:
+        out.update(_grow_head(parent_state, parent_arch, child_arch, sources, maps[-1][-1]))
+    else:
+        out.update(_new_head(parent_state, parent_arch, child_arch, seed, class_embeddings))
     return out
 
 
 def grow_model(parent: LPSNet, child_arch: LPSNetArch, *, noise: float = 0.0, seed: int = 0) -> LPSNet:
     """``parent`` grown to ``child_arch``: a new network on the parent's device and dtype, in its mode.
 
-    A language-guided head keeps its class names. Arguments and errors as :func:`grow_state_dict`.
+    A language-guided head keeps its class names. When the head changes to a language-guided one, it
+    takes the parent's class embeddings and names if it embeds classes the same way, else the parent's
+    class names embedded with its own text encoder (:meth:`~models.base.SegNet.set_classes`); after a
+    plain parent it keeps its stand-in embeddings until ``set_classes`` is called. Arguments and errors
+    as :func:`grow_state_dict`.
 
     Raises:
         GrowthError: Also when ``parent`` is in the deploy form (BatchNorm folded): grow the train
             form, then :func:`~models.lpsnet.reparameterize` the child.
         TypeError: ``parent`` is not an :class:`~models.lpsnet.LPSNet`.
+        TextEncoderError: A new language-guided head's text encoder cannot embed the parent's classes.
     """
     if not isinstance(parent, LPSNet):
         raise TypeError(f"parent must be an LPSNet, got {type(parent).__name__}")
@@ -196,8 +217,12 @@ def grow_model(parent: LPSNet, child_arch: LPSNetArch, *, noise: float = 0.0, se
     state = grow_state_dict(parent.state_dict(), parent.arch, child_arch, noise=noise, seed=seed)
     child = LPSNet(child_arch)
     child.load_state_dict(state, strict=True)
-    if isinstance(parent.head, LanguageHead) and isinstance(child.head, LanguageHead):
-        child.head.class_names = parent.head.class_names
+    names = parent.class_names
+    if isinstance(child.head, LanguageHead) and names is not None:
+        if child_arch.head == parent.arch.head or _same_text(parent.arch.head, child_arch.head):
+            child.head.class_names = names
+        else:
+            child.set_classes(list(names))
     ref = next(parent.parameters())
     return child.to(device=ref.device, dtype=ref.dtype).train(parent.training)
 
@@ -310,6 +335,38 @@ def _grow_head(
         columns[-1] /= copies[pi]
     head[key] = torch.cat(columns, dim=1)
     return head
+
+
+def _same_text(a: HeadConfig, b: HeadConfig) -> bool:
+    """Whether two heads embed class names alike (so one's class embeddings serve the other)."""
+    return a.language_guided and b.language_guided and (a.text_encoder, a.templates) == (b.text_encoder, b.templates)
+
+
+def _new_head(
+    src: Mapping[str, torch.Tensor],
+    parent_arch: LPSNetArch,
+    child_arch: LPSNetArch,
+    seed: int,
+    class_embeddings: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``child_arch``'s head built afresh, seeded (a head change: nothing is grown)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = build_head(child_arch.head, child_arch.width[-1] * child_arch.num_paths, child_arch.num_classes)
+    out = {f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()}
+    key = "head.class_embeddings"
+    if key in out and class_embeddings is not None:
+        want = tuple(out[key].shape)
+        if not isinstance(class_embeddings, torch.Tensor) or tuple(class_embeddings.shape) != want:
+            shape = tuple(class_embeddings.shape) if isinstance(class_embeddings, torch.Tensor) else None
+            raise ValueError(
+                f"class_embeddings must be a {want[0]} x {want[1]} tensor for {child_arch.inline()}, got {shape}"
+            )
+        out[key] = F.normalize(class_embeddings.detach().to(dtype=out[key].dtype, device="cpu"), dim=-1)
+    elif key in out and key in src and _same_text(parent_arch.head, child_arch.head):
+        out[key] = src[key].detach().to(dtype=out[key].dtype, device="cpu").clone()
+    ref = src[f"{PATH_NAMES[parent_arch.num_paths][0]}.stages.0.0.0.weight"]
+    return {k: v.to(device=ref.device, dtype=ref.dtype if v.is_floating_point() else v.dtype) for k, v in out.items()}
 
 
 def _check_parent_state(state: Mapping[str, torch.Tensor], arch: LPSNetArch) -> None:

@@ -32,6 +32,7 @@ _DIMENSION_STYLE = {
     "depth": ("#009E73", "s"),
     "width": ("#CC79A7", "^"),
     "resolution": ("#E69F00", "D"),
+    "head": ("#882255", "P"),  # Tol's wine: the Okabe-Ito colours left are taken below
 }
 _OTHER_STYLE = ("#555555", "o")
 _FRONTIER = "#0072B2"
@@ -94,6 +95,16 @@ def _title(ax: Axes, what: str, info: RunInfo, width: int) -> None:
         fontsize=12,
         fontweight="bold",
     )
+
+
+def _grew(dimension: str) -> str:
+    """What a step did, for a legend: ``grew width``, ``switched the head`` (``head+width``: both)."""
+    parts = dimension.split("+") if dimension else []
+    grown = [d for d in parts if d != "head"]
+    words = [f"grew {'+'.join(grown)}"] if grown else []
+    if "head" in parts:
+        words.append("switched the head")
+    return " and ".join(words) or "grew nothing"
 
 
 def _style(dimension: str) -> tuple[str, str]:
@@ -217,7 +228,7 @@ def draw_frontier(data: FrontierPlot, path: str | Path) -> Path:
         handles.append(_handle("", _PATH, "greedy path (numbers: steps)", arrow=True))
         for key in seen:
             color, marker = (_PATH, "o") if key == "start" else _style(key)
-            label = "start network" if key == "start" else f"step grew {key or 'nothing'}"
+            label = "start network" if key == "start" else f"step {_grew(key)}"
             handles.append(_handle(marker, color, label, line=False, edge="black"))
         _label_path(ax, data.path)
 
@@ -405,7 +416,7 @@ def draw_steps(data: StepsPlot, path: str | Path) -> Path:
     handles = [_handle("o", _PATH, "path (step winner)", edge="black")]
     for dim in dict.fromkeys(p.dimension for p in data.path if p.step):
         color, marker = _style(dim)
-        handles.append(_handle(marker, color, f"grew {dim or 'nothing'}", line=False, edge="black"))
+        handles.append(_handle(marker, color, _grew(dim), line=False, edge="black"))
     handles.append(_handle("o", _CANDIDATE, "candidate of that step", line=False))
     if fails:
         handles.append(_handle("x", _FAILED, "failed candidate", line=False))

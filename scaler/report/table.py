@@ -81,11 +81,12 @@ _INT_COLUMNS = (
     "retrain_of",
     "num_paths",
 )
-_KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"))
+_KIND_BY_PREFIX = (("depth", "depth"), ("width", "width"), ("res", "resolution"), ("head", "head"))
 
 
 def operator_dimension(operators: Iterable[str], kinds: dict[str, str] | None = None) -> str:
-    """The dimension (``depth``, ``width``, ``resolution``) grown by ``operators``; ``""`` for none.
+    """The dimension (``depth``, ``width``, ``resolution``, or ``head`` for a head switch) grown by
+    ``operators``; ``""`` for none.
 
     Args:
         operators: Operator names as the trials record them (``width_1-5``).

@@ -1,11 +1,15 @@
 """Progressive expansion, the arithmetic of one greedy step (LPS-Net, Sec. 3.3), as pure functions.
 
 An :class:`Operator` grows one dimension of an architecture by a fixed amount per step; applied
-``steplen`` times it gives a candidate. One step of the search:
+``steplen`` times it gives a candidate. A ``head`` operator switches the network's head instead
+(``plain`` to ``fusion``, say): it is applied once, never ``steplen`` times. One step of the search:
 
-1. the *target latency* is the largest latency among all one-step expansions of the parent;
+1. the *target latency* is the largest latency among all one-step expansions of the parent (by the
+   depth, width and resolution operators; a head switch is not a step of a size, so it sets the
+   target only when no other operator can grow the network);
 2. each operator is applied with steplen 1, 2, ... until the candidate's latency reaches the target,
-   and whichever of the last two steplens is closer to the target is kept;
+   and whichever of the last two steplens is closer to the target is kept (a head operator's
+   candidate is its one switch, at whatever latency that has);
 3. candidates with the same architecture are merged;
 4. every candidate is trained, and the next parent is the one with the best
    ``(mIoU - parent mIoU) / (latency - parent latency)``.
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
-from models import MAX_PATHS, NUM_STAGES, ArchError, LPSNetArch
+from models import MAX_PATHS, NUM_STAGES, ArchError, HeadConfig, HeadError, LPSNetArch
 
 __all__ = [
     "PAPER_OPERATORS",
@@ -36,6 +40,7 @@ __all__ = [
     "grow_to_target",
     "propose_step",
     "select_next",
+    "target_operators",
 ]
 
 LatencyFn = Callable[[LPSNetArch], float]
@@ -48,11 +53,16 @@ class Operator:
 
     Args:
         name: Unique label, e.g. ``depth_2`` or ``res_1``.
-        kind: ``depth``, ``width`` or ``resolution``.
+        kind: ``depth``, ``width``, ``resolution`` or ``head``.
         delta: Per-stage increment for depth and width (5 integers >= 0, at least one > 0).
         path: For ``resolution``: the path (1-based, high to low resolution) whose factor grows;
             a path that does not exist yet is added.
         step: For ``resolution``: the increment of the factor (the method uses 1/8).
+        head: For ``head``: the head the network switches to (a :class:`~models.HeadConfig`, or what
+            :meth:`~models.HeadConfig.from_dict` reads: a kind, or a mapping of its settings).
+
+    Raises:
+        ValueError: A field does not fit the kind; the message names the operator and the field.
     """
 
     name: str
@@ -60,9 +70,23 @@ class Operator:
     delta: tuple[int, ...] = ()
     path: int = 0
     step: float = 0.125
+    head: HeadConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.kind in ("depth", "width"):
+        if self.head is not None and self.kind != "head":
+            raise ValueError(f"operator {self.name!r}: head is for operators of kind head, not {self.kind}")
+        if self.kind == "head":
+            if self.head is None:
+                raise ValueError(f"operator {self.name!r}: head missing: name the head it switches to, such as fusion")
+            if self.delta or self.path:
+                raise ValueError(f"operator {self.name!r}: a head operator takes no delta or path")
+            if not isinstance(self.head, HeadConfig):
+                label = f"operator {self.name!r}"
+                try:
+                    object.__setattr__(self, "head", HeadConfig.from_dict(self.head, source=label))
+                except HeadError as e:
+                    raise ValueError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
+        elif self.kind in ("depth", "width"):
             delta = tuple(int(v) for v in self.delta)
             if len(delta) != NUM_STAGES or any(v < 0 for v in delta) or not any(delta):
                 raise ValueError(
@@ -76,9 +100,19 @@ class Operator:
             if not 0 < self.step <= 1:
                 raise ValueError(f"operator {self.name!r}: step must be in (0, 1], got {self.step}")
         else:
-            raise ValueError(f"operator {self.name!r}: kind must be depth, width or resolution, got {self.kind!r}")
+            raise ValueError(
+                f"operator {self.name!r}: kind must be depth, width, resolution or head, got {self.kind!r}"
+            )
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether applying it ``steplen`` times means anything (a head switch is applied once)."""
+        return self.kind != "head"
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind == "head":
+            assert self.head is not None
+            return {"name": self.name, "kind": self.kind, "head": self.head.to_dict()}
         if self.kind == "resolution":
             return {"name": self.name, "kind": self.kind, "path": self.path, "step": self.step}
         return {"name": self.name, "kind": self.kind, "delta": list(self.delta)}
@@ -152,12 +186,25 @@ def _add_factor(resolution: tuple[float, ...], path: int, amount: float) -> tupl
 def apply_operator(
     arch: LPSNetArch, op: Operator, steplen: int, constraints: Constraints | None = None
 ) -> LPSNetArch | None:
-    """``arch`` grown by ``op`` applied ``steplen`` times, or ``None`` if that breaks a constraint."""
+    """``arch`` grown by ``op`` applied ``steplen`` times, or ``None`` if that breaks a constraint.
+
+    A ``head`` operator gives ``arch`` with the operator's head, or ``None`` when ``arch`` ends in
+    that head already (nothing to switch).
+
+    Raises:
+        ValueError: ``steplen`` is below 1, or above 1 for a head operator (it is applied once).
+    """
     if steplen < 1:
         raise ValueError(f"steplen must be >= 1, got {steplen}")
+    if not op.repeatable and steplen != 1:
+        raise ValueError(f"operator {op.name!r} switches the head: it is applied once, not {steplen} times")
     constraints = constraints or Constraints()
     try:
-        if op.kind == "depth":
+        if op.kind == "head":
+            if arch.head == op.head:
+                return None
+            grown = dataclasses.replace(arch, head=op.head)
+        elif op.kind == "depth":
             grown = dataclasses.replace(
                 arch, depth=tuple(d + steplen * x for d, x in zip(arch.depth, op.delta, strict=True))
             )
@@ -194,7 +241,8 @@ def grow_to_target(
     """Apply ``op`` 1, 2, ... times until latency reaches ``target_ms``; keep the closer of the last two.
 
     Returns ``(arch, steplen, latency)``, or ``None`` when even one step breaks a constraint. When a
-    constraint or ``max_steplen`` stops the growth first, the largest allowed step is returned.
+    constraint or ``max_steplen`` stops the growth first, the largest allowed step is returned. A
+    head operator is applied once, whatever the target.
     """
     return _grow_all(parent, [op], target_ms, _one_by_one(latency), constraints, max_steplen, {})[0]
 
@@ -232,7 +280,10 @@ def _grow_all(
             known.update(zip(new, (float(ms) for ms in latency_many(new)), strict=True))
         for i, arch in archs.items():
             current = (arch, k, known[arch])
-            if current[2] >= target_ms:
+            if not operators[i].repeatable:  # applied once, at whatever latency that has
+                done[i] = current
+                growing.remove(i)
+            elif current[2] >= target_ms:
                 before = previous[i]
                 done[i] = (
                     before
@@ -247,6 +298,13 @@ def _grow_all(
     for i in growing:
         done[i] = previous[i]
     return done
+
+
+def target_operators(operators: Sequence[Operator]) -> tuple[Operator, ...]:
+    """The operators whose one-step expansions set a step's target: those that grow by steps (depth,
+    width, resolution), or every one when there are none of them (a space of head operators alone)."""
+    growing = tuple(op for op in operators if op.repeatable)
+    return growing or tuple(operators)
 
 
 def propose_step(
@@ -270,13 +328,18 @@ def propose_step(
             instead of ``latency``: first for every one-step expansion together (the target), then
             once per steplen for the networks of all operators still growing. The candidates are
             the same as one network at a time would give with the same numbers.
+
+    The target is the slowest one-step expansion by :func:`target_operators`: a head switch costs
+    what its head costs, which is no step of a size for the others to grow to.
     """
     many = latency_many or _one_by_one(latency)
     one_step = list(dict.fromkeys(a for a in (apply_operator(parent, op, 1, constraints) for op in operators) if a))
     if not one_step:
         return []
     known = dict(zip(one_step, (float(ms) for ms in many(one_step)), strict=True))
-    target = max(known.values())
+    setting = [apply_operator(parent, op, 1, constraints) for op in target_operators(operators)]
+    # When no operator that grows by steps can grow it, the head switches set the target.
+    target = max((known[a] for a in setting if a is not None), default=max(known.values()))
     merged: dict[LPSNetArch, Candidate] = {}
     grown_all = _grow_all(parent, operators, target, many, constraints, max_steplen, known)
     for op, grown in zip(operators, grown_all, strict=True):

@@ -30,7 +30,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from models import LPSNetArch, arch_from_dict, check_growth, grow_state_dict
+from models import LPSNetArch, TextEncoderError, arch_from_dict, check_growth, class_embeddings, grow_state_dict
 from scaler.errors import UserError
 from scaler.search.record import TrialRecord
 from scaler.search.run_folder import ARTIFACTS_DIR
@@ -184,6 +184,11 @@ def inherited_state(
         artifacts: Where trained weights are kept.
         seed: Seeds which channels a widened layer copies and the symmetry-breaking noise.
 
+    A candidate whose head differs from its parent's (a ``head`` operator) keeps the parent's backbone
+    and starts its head afresh, seeded with ``seed`` (:func:`models.grow_state_dict`); a new
+    language-guided head gets the run's class names embedded by its text encoder. The record then
+    says so (``new_head``).
+
     Returns:
         The state dict (the network's keys) and what to record of where it came from.
 
@@ -206,6 +211,7 @@ def inherited_state(
     assert isinstance(parent.arch, LPSNetArch) and isinstance(child, LPSNetArch)  # the search grows LPS-Nets
     check_growth(parent.arch, child)  # before any file: a child that is no growth is a bug, not a lost file
     what = f"the weights of trial #{number} ({parent.weights_artifact})"
+    embeddings = _new_head_embeddings(store, parent.arch, child)
     with tempfile.TemporaryDirectory(prefix="inherit-") as tmp:
         path = Path(tmp) / "weights.pt"
         try:
@@ -228,11 +234,35 @@ def inherited_state(
         if dataclasses.replace(parent_arch, num_classes=parent.arch.num_classes) != parent.arch:
             raise ValueError(f"it holds the weights of {parent_arch.inline()}, not of {parent.arch.inline()}")
         child = dataclasses.replace(child, num_classes=parent_arch.num_classes)  # both fitted to the dataset
-        noise = 0.0 if child == parent_arch else GROWTH_NOISE
-        state = grow_state_dict(blob["state_dict"], parent_arch, child, noise=noise, seed=seed)
+        # No backbone growth (the control, or a head switch alone): no channel is copied, no noise to add.
+        noise = 0.0 if dataclasses.replace(child, head=parent_arch.head) == parent_arch else GROWTH_NOISE
+        state = grow_state_dict(
+            blob["state_dict"], parent_arch, child, noise=noise, seed=seed, class_embeddings=embeddings
+        )
     except Exception as e:  # a file that loads but is not the parent's weights (foreign, cut, edited)
         raise InheritError(f"{what} are damaged: {error_line(e)}") from e
-    return state, {"from_trial": number, "weights_artifact": parent.weights_artifact, "growth_noise": noise}
+    record_of = {"from_trial": number, "weights_artifact": parent.weights_artifact, "growth_noise": noise}
+    if child.head != parent_arch.head:
+        record_of["new_head"] = child.head.inline()  # the backbone is inherited, the head starts afresh
+    return state, record_of
+
+
+def _new_head_embeddings(store: RunStore, parent: LPSNetArch, child: LPSNetArch) -> torch.Tensor | None:
+    """The class embeddings a new language-guided head starts with (the run's classes, by its encoder);
+    ``None`` when the head does not change or is plain.
+
+    Raises:
+        InheritError: The run records no class names, or the head's encoder cannot embed them.
+    """
+    if child.head == parent.head or not child.head.language_guided:
+        return None
+    names = store.get("class_names")
+    if not names:
+        raise InheritError(f"the run records no class names for the new {child.head.kind} head of {child.inline()}")
+    try:
+        return class_embeddings(child.head.text_encoder, [str(n) for n in names], child.head.templates)
+    except TextEncoderError as e:
+        raise InheritError(f"the new {child.head.kind} head of {child.inline()} cannot embed the classes: {e}") from e
 
 
 def error_line(e: BaseException) -> str:

@@ -148,8 +148,9 @@ class TrialRecord:
         inherit_from: The trained trial whose weights, grown to ``arch``, this one starts from.
         control_of: The trial (a step's parent) this one trains further as the step's control.
         weights_artifact: The Optuna artifact id of its trained weights (kept when weights are inherited).
-        inherited: Where its initial weights came from (``from_trial``, ``weights_artifact``, ``growth_noise``),
-            or why they could not be had (``from_trial``, ``fallback: scratch``, ``reason``).
+        inherited: Where its initial weights came from (``from_trial``, ``weights_artifact``, ``growth_noise``;
+            ``new_head`` when its head differs from the parent's and started afresh), or why they could
+            not be had (``from_trial``, ``fallback: scratch``, ``reason``).
         retrain_of: The trial whose architecture this one trains again from scratch (``scaler retrain``).
         recipe: Training settings that replace the space's for this trial (``iters``, ``seed``, ``init``).
         reference: The named model this trial measures for comparison.

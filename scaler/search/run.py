@@ -132,10 +132,11 @@ def run_search(
     session_start = datetime.datetime.now()
     strategy_cls = strategy_class(strategy)
     info = open_dataset(space.dataset, "val", seed=space.training.seed).info
-    if space.start.head.language_guided:
-        # Fail before touching the run folder, not in every candidate, if the head's text encoder
-        # cannot embed the classes (this also fills the embedding cache the workers read).
-        head = space.start.head
+    heads = [space.start.head, *(op.head for op in space.operators if op.head is not None)]
+    for head in dict.fromkeys(h for h in heads if h.language_guided):
+        # Fail before touching the run folder, not in every candidate, if a head's text encoder (the
+        # start's, or one a head operator switches to) cannot embed the classes (this also fills the
+        # embedding cache the workers read).
         class_embeddings(head.text_encoder, list(info.class_names), head.templates)
     study_name = strategy_cls.study_name(space.name)
     record = {

@@ -288,12 +288,8 @@ def space_from_dict(data: Any, *, source: str = "search space", base_dir: Path |
             raise fail("head", str(e).removeprefix("head: ")) from None
         if start.head.kind != "plain" and start.head != head:
             raise fail("head", f"the start network {start.inline()} has a head already; give it in one place")
-        encoder = head.text_encoder
-        if encoder.startswith("file:") and base_dir is not None and not Path(encoder[5:]).is_absolute():
-            # Like an arch.json start: an embeddings file is found next to the space file.
-            head = dataclasses.replace(head, text_encoder=f"file:{base_dir / encoder[5:]}")
-        start = dataclasses.replace(start, head=head)
-    operators = _operators(data.get("operators", "paper"), fail)
+        start = dataclasses.replace(start, head=_beside(head, base_dir))
+    operators = _operators(data.get("operators", "paper"), fail, base_dir)
     constraints = _section(Constraints, data.get("constraints"), "constraints", fail)
     if constraints.violation(start):
         raise fail("start", f"{start.inline()} breaks the constraints: {constraints.violation(start)}")
@@ -439,7 +435,24 @@ def _start(value: Any, base_dir: Path | None, fail: Any) -> LPSNetArch:
     return arch
 
 
-def _operators(value: Any, fail: Any) -> tuple[Operator, ...]:
+def _beside(head: HeadConfig, base_dir: Path | None) -> HeadConfig:
+    """``head`` with a relative ``file:`` text encoder found next to the space file (like an arch.json start)."""
+    encoder = head.text_encoder
+    if encoder.startswith("file:") and base_dir is not None and not Path(encoder[5:]).is_absolute():
+        return dataclasses.replace(head, text_encoder=f"file:{base_dir / encoder[5:]}")
+    return head
+
+
+# The keys an operator mapping may have, by its kind.
+_OPERATOR_KEYS = {
+    "depth": ("name", "kind", "delta"),
+    "width": ("name", "kind", "delta"),
+    "resolution": ("name", "kind", "path", "step"),
+    "head": ("name", "kind", "head"),
+}
+
+
+def _operators(value: Any, fail: Any, base_dir: Path | None = None) -> tuple[Operator, ...]:
     if value == "paper":
         return PAPER_OPERATORS
     if not isinstance(value, list) or not value:
@@ -456,7 +469,16 @@ def _operators(value: Any, fail: Any) -> tuple[Operator, ...]:
             continue
         if not isinstance(item, dict):
             raise fail(key, f"must be an operator name or a mapping, got {item!r}")
-        _check_keys(item, ("name", "kind", "delta", "path", "step"), f"{key}.", fail)
+        allowed = _OPERATOR_KEYS.get(item.get("kind"), ("name", "kind", "delta", "path", "step", "head"))
+        _check_keys(item, allowed, f"{key}.", fail)
+        item = dict(item)
+        if item.get("kind") == "head" and "head" in item:
+            label = f"operator {item.get('name')!r}"
+            try:
+                item["head"] = _beside(HeadConfig.from_dict(item["head"], source=label), base_dir)
+            except HeadError as e:
+                message = str(e) if str(e).startswith(label) else f"{label}: {e}"
+                raise fail(f"{key}.head", message) from None
         try:
             ops.append(Operator(**item))
         except (TypeError, ValueError) as e:

@@ -20,7 +20,8 @@ from models import (
     match_paths,
     reparameterize,
 )
-from models.grow import BN_EPS
+from models.grow import BN_EPS, HEAD_INPUT_WEIGHT
+from models.heads import build_head
 from scaler.search.expand import PAPER_OPERATORS, apply_operator
 
 # Tiny parents with one, two and three paths; uneven widths and depths so a mix-up shows.
@@ -234,7 +235,7 @@ def test_language_guided_heads_carry_over(head, op_index, steplen):
         ({"width": (3, 4, 6, 8, 7)}, "width[4] shrinks from 8 to 7"),
         ({"depth": (1, 1, 1, 2, 1)}, "depth[1] shrinks from 2 to 1"),
         ({"num_classes": 6}, "num_classes 6 != 5"),
-        ({"head": HeadConfig(kind="denseclip")}, "head 'denseclip' != 'plain'"),
+        ({"head": HeadConfig(kind="denseclip"), "width": (3, 4, 6, 8, 7)}, "width[4] shrinks from 8 to 7"),
         ({"resolution": (0.5,)}, "2 paths become 1"),
         ({"resolution": (0.625, 0.125)}, "the path-2 resolution factor falls from 0.25 to 0.125"),
     ],
@@ -279,3 +280,74 @@ def test_the_parent_is_left_alone_and_an_equal_child_is_a_copy():
         v.add_(1)
     grow_model(parent, apply_operator(parent_arch, PAPER_OPERATORS[3], 2), noise=0.1)
     assert all(torch.equal(parent.state_dict()[k], before[k]) for k in before)
+
+
+def _fresh_head(arch: LPSNetArch, seed: int) -> dict[str, torch.Tensor]:
+    """The head of ``arch`` as a seeded fresh build makes it (what a head change starts from)."""
+    torch.manual_seed(seed)
+    head = build_head(arch.head, arch.width[-1] * arch.num_paths, arch.num_classes)
+    return {f"head.{k}": v for k, v in head.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("plain", "denseclip"), ("plain", "fusion"), ("denseclip", "fusion"), ("fusion", "plain"), ("fusion", "fusion2")],
+)
+def test_a_head_change_keeps_the_backbone_and_starts_the_new_head_from_its_seeded_init(old, new):
+    heads = {"plain": HeadConfig(), **LANGUAGE_HEADS, "fusion2": HeadConfig(kind="fusion", dim=32, heads=2)}
+    parent_arch = dataclasses.replace(PARENTS["2paths"], head=heads[old])
+    child_arch = dataclasses.replace(parent_arch, head=heads[new])
+    parent = _trained_like(parent_arch, seed=20)
+    src = parent.state_dict()
+    state = grow_state_dict(src, parent_arch, child_arch, seed=3)
+    backbone = [k for k in src if not k.startswith("head.")]
+    assert backbone and all(torch.equal(state[k], src[k]) for k in backbone)
+    fresh = _fresh_head(child_arch, seed=3)
+    assert {k for k in state if k.startswith("head.")} == fresh.keys()
+    assert all(torch.equal(state[k], fresh[k]) for k in fresh)
+    key = HEAD_INPUT_WEIGHT[child_arch.head.kind]
+    assert not torch.equal(state[key], _fresh_head(child_arch, seed=4)[key])  # the seed draws it
+    child = LPSNet(child_arch)
+    child.load_state_dict(state, strict=True)  # what a search's candidate trains from
+    out, _ = _outputs(parent, child)
+    assert out.shape[:2] == (2, 5) and torch.isfinite(out).all()
+
+
+def test_a_head_change_with_a_growth_grows_the_backbone_and_draws_the_head_afresh():
+    parent_arch = PARENTS["2paths"]
+    parent = _trained_like(parent_arch, seed=21)
+    grown = apply_operator(parent_arch, PAPER_OPERATORS[3], 1)  # width_1-5
+    assert grown is not None
+    child_arch = dataclasses.replace(grown, head=LANGUAGE_HEADS["denseclip"])
+    state = grow_state_dict(parent.state_dict(), parent_arch, child_arch, seed=5)
+    plain_growth = grow_state_dict(parent.state_dict(), parent_arch, grown, seed=5)
+    backbone = [k for k in plain_growth if not k.startswith("head.")]
+    assert all(torch.equal(state[k], plain_growth[k]) for k in backbone)
+    fresh = _fresh_head(child_arch, seed=5)
+    assert fresh["head.pixel.weight"].shape[1] == 2 * child_arch.width[-1]
+    assert all(torch.equal(state[k], fresh[k]) for k in fresh)
+
+
+def test_a_new_language_guided_head_takes_given_or_like_embedded_class_embeddings():
+    names = ["road", "car", "tree", "sky", "person"]
+    denseclip = dataclasses.replace(PARENTS["1path"], head=LANGUAGE_HEADS["denseclip"])
+    parent = _trained_like(denseclip, seed=22)
+    embeddings = torch.randn(5, parent.head.text_dim, generator=torch.Generator().manual_seed(23))
+    parent.set_classes(names, embeddings=embeddings)
+    fusion = dataclasses.replace(denseclip, head=LANGUAGE_HEADS["fusion"])
+    # Same encoder and templates: the parent's embeddings (and names) serve the new head.
+    child = grow_model(parent, fusion, seed=1)
+    assert torch.equal(child.head.class_embeddings, parent.head.class_embeddings)
+    assert child.class_names == tuple(names)
+    assert torch.equal(child.head.visual_in[0].weight, _fresh_head(fusion, seed=1)["head.visual_in.0.weight"])
+    # Given embeddings are normalised and used; ones that do not fit are refused.
+    given = torch.randn(5, parent.head.text_dim, generator=torch.Generator().manual_seed(24)) * 3
+    plain = dataclasses.replace(denseclip, head=HeadConfig())
+    state = grow_state_dict(LPSNet(plain).state_dict(), plain, fusion, class_embeddings=given)
+    torch.testing.assert_close(state["head.class_embeddings"], torch.nn.functional.normalize(given, dim=-1))
+    with pytest.raises(ValueError, match=r"class_embeddings must be a 5 x 384 tensor"):
+        grow_state_dict(LPSNet(plain).state_dict(), plain, fusion, class_embeddings=given[:4])
+    # From a plain parent, nothing to carry: the new head keeps its stand-ins and has no class names yet.
+    stand_in = grow_model(LPSNet(plain), fusion)
+    assert torch.equal(stand_in.head.class_embeddings, _fresh_head(fusion, seed=0)["head.class_embeddings"])
+    assert stand_in.class_names is None

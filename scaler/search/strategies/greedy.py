@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from models import LPSNetArch
-from scaler.search.expand import Candidate, Scored, apply_operator, propose_step, select_next
+from scaler.search.expand import Candidate, Scored, apply_operator, propose_step, select_next, target_operators
 from scaler.search.strategies.base import (
     Decision,
     PairedTiming,
@@ -328,9 +328,14 @@ class GreedyStrategy(Strategy):
         sp = self.space
         target = candidates[0].target_ms
         one_step = [(op.name, apply_operator(arch, op, 1, sp.constraints)) for op in sp.operators]
-        # The first of the slowest, as propose_step takes the target.
-        name, top = max(((n, a) for n, a in one_step if a is not None), key=lambda x: ctx.latency_ms(x[1]))
-        others = [c for c in candidates if c.arch != top]
+        setting = {op.name for op in target_operators(sp.operators)}
+        allowed = [(n, a) for n, a in one_step if a is not None]
+        # The first of the slowest, as propose_step takes the target (a head switch only when nothing else grows).
+        pool = [(n, a) for n, a in allowed if n in setting] or allowed
+        name, top = max(pool, key=lambda x: ctx.latency_ms(x[1]))
+        # Growing an operator up to the target should come near it; a head switch has no steps to grow by.
+        grown = [c for c in candidates if any(n in setting for n in c.operators)] or list(candidates)
+        others = [c for c in grown if c.arch != top]
         if not others or any(c.latency_ms >= OUTLIER_RATIO * target for c in others):
             return None
         again = float(ctx.latency(top, refresh=True)["median_ms"])

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from models import LPSNetArch, get_arch
+from models import HeadConfig, LPSNetArch, get_arch
 from scaler.search.expand import (
     PAPER_OPERATORS,
     Constraints,
@@ -14,6 +14,7 @@ from scaler.search.expand import (
     grow_to_target,
     propose_step,
     select_next,
+    target_operators,
 )
 
 TINY = get_arch("lpsnet_tiny")
@@ -159,9 +160,79 @@ def test_select_next_stops_without_gain_or_results():
         ({"kind": "depth", "delta": (0, 0, 0, 0, 0)}, "not all 0"),
         ({"kind": "width", "delta": (1, 2, 3)}, "5 integers"),
         ({"kind": "resolution", "path": 4}, "path must be 1..3"),
-        ({"kind": "colour"}, "kind must be depth, width or resolution"),
+        ({"kind": "colour"}, "kind must be depth, width, resolution or head"),
+        ({"kind": "head"}, "operator 'x': head missing: name the head it switches to"),
+        ({"kind": "head", "head": "fusoin"}, "operator 'x': head kind must be one of plain, denseclip, fusion"),
+        ({"kind": "head", "head": {"kind": "fusion", "dim": 4}}, "operator 'x': head dim must be an integer >= 8"),
+        ({"kind": "head", "head": "fusion", "path": 1}, "operator 'x': a head operator takes no delta or path"),
+        ({"kind": "depth", "delta": (0, 0, 0, 1, 1), "head": "fusion"}, "operator 'x': head is for operators of kind"),
     ],
 )
 def test_bad_operators(kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as e:
         Operator(name="x", **kw)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+# -- head operators ------------------------------------------------------------------------------
+FUSION = HeadConfig(kind="fusion", dim=32, heads=2)
+HEAD_FUSION = Operator("head_fusion", "head", head=FUSION)
+
+
+def head_cost(arch: LPSNetArch) -> float:
+    """``macs_like`` plus a head's cost: a fusion head is slower than any one-step expansion of tiny."""
+    return macs_like(arch) + {"plain": 0.0, "denseclip": 5.0, "fusion": 40.0}[arch.head.kind]
+
+
+def test_a_head_operator_switches_the_head_once_and_nothing_else():
+    assert Operator("h", "head", head="fusion").head == HeadConfig(kind="fusion")
+    assert Operator("h", "head", head={"kind": "fusion", "dim": 32, "heads": 2}) == Operator("h", "head", head=FUSION)
+    assert not HEAD_FUSION.repeatable and all(op.repeatable for op in PAPER_OPERATORS)
+    switched = apply_operator(TINY, HEAD_FUSION, 1)
+    assert switched == dataclasses.replace(TINY, head=FUSION) and switched.arch_hash() != TINY.arch_hash()
+    assert apply_operator(switched, HEAD_FUSION, 1) is None  # that head already: nothing to propose
+    assert apply_operator(switched, Operator("p", "head", head="plain"), 1) == TINY
+    with pytest.raises(ValueError, match="'head_fusion' switches the head: it is applied once, not 2 times"):
+        apply_operator(TINY, HEAD_FUSION, 2)
+    assert HEAD_FUSION.to_dict() == {"name": "head_fusion", "kind": "head", "head": FUSION.to_dict()}
+    # The constraints still hold: a network that breaks them proposes nothing, whatever its head.
+    assert apply_operator(TINY, HEAD_FUSION, 1, Constraints(max_width=16)) is None
+
+
+def test_a_head_operator_is_one_candidate_at_its_own_latency_and_does_not_set_the_target():
+    calls: list[LPSNetArch] = []
+
+    def latency(arch: LPSNetArch) -> float:
+        calls.append(arch)
+        return head_cost(arch)
+
+    ops = (*PAPER_OPERATORS, HEAD_FUSION)
+    assert target_operators(ops) == PAPER_OPERATORS
+    candidates = propose_step(TINY, ops, latency)
+    head = [c for c in candidates if c.operators == ("head_fusion",)]
+    assert len(head) == 1 and head[0].steplen == 1
+    assert head[0].arch == dataclasses.replace(TINY, head=FUSION)
+    assert head[0].latency_ms == pytest.approx(head_cost(head[0].arch))
+    # The target is the method's (the slowest one-step growth), far below the head switch's 40+ ms.
+    target = max(macs_like(apply_operator(TINY, op, 1)) for op in PAPER_OPERATORS)
+    assert all(c.target_ms == pytest.approx(target) for c in candidates)
+    assert head[0].latency_ms > 10 * target
+    # The growth candidates are exactly those of the method without the head operator.
+    without = propose_step(TINY, PAPER_OPERATORS, head_cost)
+    assert [(c.arch, c.steplen) for c in candidates if c not in head] == [(c.arch, c.steplen) for c in without]
+    # Only the plain-head growths and the one switched network were timed: never a head switch x2.
+    assert all(a.head.kind == "plain" for a in calls if a != head[0].arch)
+    assert calls.count(head[0].arch) == 1
+    # grow_to_target applies it once, however far the target is.
+    assert grow_to_target(TINY, HEAD_FUSION, 1000.0, head_cost) == (head[0].arch, 1, head[0].latency_ms)
+
+
+def test_head_operators_alone_set_the_target_and_a_network_with_the_head_proposes_none():
+    denseclip = Operator("head_denseclip", "head", head="denseclip")
+    candidates = propose_step(TINY, [denseclip, HEAD_FUSION], head_cost)
+    assert [c.operators for c in candidates] == [("head_denseclip",), ("head_fusion",)]
+    assert all(c.steplen == 1 and c.target_ms == pytest.approx(macs_like(TINY) + 40.0) for c in candidates)
+    switched = dataclasses.replace(TINY, head=FUSION)
+    assert [c.operators for c in propose_step(switched, [HEAD_FUSION], head_cost)] == []
+    nxt = propose_step(switched, [OPS["depth_4-5"], HEAD_FUSION], head_cost)
+    assert [c.operators for c in nxt] == [("depth_4-5",)] and nxt[0].arch.head == FUSION

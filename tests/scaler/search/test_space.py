@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models import get_arch
+from models import HeadConfig, get_arch
 from scaler.search.expand import PAPER_OPERATORS
 from scaler.search.space import SpaceError, load_space, space_from_dict
 
@@ -114,6 +114,24 @@ def test_operators_by_name_and_custom(tmp_path):
         ("operators: [depth_2-5, depth_2-5]\n", "operator name 'depth_2-5' used twice"),
         ("operators: [{name: z, kind: width, delta: [0, 0, 0, 0, 0]}]\n", "operators[0]: operator 'z'"),
         ("greedy: {noise_floor_ms: 0}\n", "greedy: noise_floor_ms must be > 0"),
+        (
+            "operators: [{name: head_f, kind: head, head: {kind: fusion, dim: 4}}]\n",
+            "operators[0].head: operator 'head_f': head dim must be an integer >= 8, got 4",
+        ),
+        (
+            "operators: [{name: head_f, kind: head, head: fuson}]\n",
+            "operators[0].head: operator 'head_f': head kind must be one of plain, denseclip, fusion, got 'fuson'",
+        ),
+        (
+            "operators: [depth_2-5, {name: head_f, kind: head, head: {kind: fusion, size: 9}}]\n",
+            "operators[1].head: operator 'head_f': unknown key 'size' (allowed: aux_weight, dim",
+        ),
+        ("operators: [{name: head_f, kind: head}]\n", "operators[0]: operator 'head_f': head missing"),
+        ("operators: [{name: head_f, kind: head, head: fusion, steplen: 2}]\n", "operators[0].steplen: unknown key"),
+        (
+            "operators: [{name: d, kind: depth, delta: [0, 0, 0, 1, 1], head: fusion}]\n",
+            "operators[0].head: unknown key (allowed: name, kind, delta)",
+        ),
     ],
 )
 def test_bad_values_name_file_key_and_value(tmp_path, extra, message):
@@ -149,6 +167,25 @@ def test_bad_files(tmp_path, text, message):
 def test_missing_file():
     with pytest.raises(SpaceError, match="cannot read search space"):
         load_space("/nonexistent/space.yaml")
+
+
+def test_head_operators_by_kind_or_mapping_with_their_embeddings_file_beside_the_space(tmp_path):
+    text = MINIMAL + (
+        "operators:\n  - depth_2-5\n  - {name: head_denseclip, kind: head, head: denseclip}\n"
+        "  - name: head_fusion\n    kind: head\n"
+        "    head: {kind: fusion, dim: 32, heads: 2, text_encoder: 'file:emb/classes.pt'}\n"
+    )
+    space = load_space(_write(tmp_path, text))
+    ops = {op.name: op for op in space.operators}
+    assert [op.kind for op in space.operators] == ["depth", "head", "head"]
+    assert ops["head_denseclip"].head == HeadConfig(kind="denseclip")
+    fusion = ops["head_fusion"].head
+    assert (fusion.kind, fusion.dim, fusion.heads) == ("fusion", 32, 2)
+    assert fusion.text_encoder == f"file:{tmp_path / 'emb' / 'classes.pt'}"  # found next to the space file
+    assert space.start.head == HeadConfig()  # the start keeps its own head
+    stored = space.to_dict()["operators"][2]
+    assert stored == {"name": "head_fusion", "kind": "head", "head": fusion.to_dict()}
+    assert space_from_dict(yaml.safe_load(text), base_dir=tmp_path).space_hash() == space.space_hash()
 
 
 def test_start_arch_json_relative_to_the_space_file(tmp_path):
