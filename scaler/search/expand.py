@@ -59,7 +59,8 @@ class Operator:
             a path that does not exist yet is added.
         step: For ``resolution``: the increment of the factor (the method uses 1/8).
         head: For ``head``: the head the network switches to (a :class:`~models.HeadConfig`, or what
-            :meth:`~models.HeadConfig.from_dict` reads: a kind, or a mapping of its settings).
+            :meth:`~models.HeadConfig.from_dict` reads: a kind, or a mapping of its settings, unnamed ones at
+            today's defaults as in a search space).
 
     Raises:
         ValueError: A field does not fit the kind; the message names the operator and the field.
@@ -83,7 +84,7 @@ class Operator:
             if not isinstance(self.head, HeadConfig):
                 label = f"operator {self.name!r}"
                 try:
-                    object.__setattr__(self, "head", HeadConfig.from_dict(self.head, source=label))
+                    object.__setattr__(self, "head", HeadConfig.from_dict(self.head, source=label, stored=False))
                 except HeadError as e:
                     raise ValueError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
         elif self.kind in ("depth", "width"):

@@ -475,7 +475,7 @@ def _operators(value: Any, fail: Any, base_dir: Path | None = None) -> tuple[Ope
         if item.get("kind") == "head" and "head" in item:
             label = f"operator {item.get('name')!r}"
             try:
-                item["head"] = _beside(HeadConfig.from_dict(item["head"], source=label), base_dir)
+                item["head"] = _beside(HeadConfig.from_dict(item["head"], source=label, stored=False), base_dir)
             except HeadError as e:
                 message = str(e) if str(e).startswith(label) else f"{label}: {e}"
                 raise fail(f"{key}.head", message) from None

@@ -124,7 +124,7 @@ def test_operators_by_name_and_custom(tmp_path):
         ),
         (
             "operators: [depth_2-5, {name: head_f, kind: head, head: {kind: fusion, size: 9}}]\n",
-            "operators[1].head: operator 'head_f': unknown key 'size' (allowed: aux_weight, dim",
+            "operators[1].head: operator 'head_f': unknown key 'size' (allowed: ablate, aux_weight, dim",
         ),
         ("operators: [{name: head_f, kind: head}]\n", "operators[0]: operator 'head_f': head missing"),
         ("operators: [{name: head_f, kind: head, head: fusion, steplen: 2}]\n", "operators[0].steplen: unknown key"),
