@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from scaler.errors import UserError
 from scaler.files import atomic_path
-from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, StepsPlot
+from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, Point, StepsPlot
 from scaler.report.summary import RunInfo
 from scaler.search.run_folder import PLOTS_DIR
 
@@ -35,6 +35,8 @@ _DIMENSION_STYLE = {
     "head": ("#882255", "P"),  # Tol's wine: the Okabe-Ito colours left are taken below
 }
 _OTHER_STYLE = ("#555555", "o")
+# Where a search switched heads, a candidate's head is its marker (the head dimension's colour).
+_HEAD_MARKERS = {"denseclip": "v", "fusion": "P"}
 _FRONTIER = "#0072B2"
 _PATH = "#222222"
 _FAILED = "#D55E00"
@@ -172,17 +174,18 @@ def draw_frontier(data: FrontierPlot, path: str | Path) -> Path:
     log = _latency_axis(ax, every)
     handles: list[Line2D] = []
 
-    if data.candidates:
+    for label, color, marker, points in _by_head(data.candidates):
         ax.scatter(
-            [p.latency_ms for p in data.candidates],
-            [p.miou_pct for p in data.candidates],
-            s=26,
-            color=_CANDIDATE,
+            [p.latency_ms for p in points],
+            [p.miou_pct for p in points],
+            s=26 if marker == "o" else 34,
+            color=color,
+            marker=marker,
             alpha=0.7,
             zorder=2,
             linewidths=0,
         )
-        handles.append(_handle("o", _CANDIDATE, f"candidate ({len(data.candidates)})", line=False))
+        handles.append(_handle(marker, color, f"candidate{label} ({len(points)})", line=False))
 
     if data.frontier:
         xs, ys = _step_line([(p.latency_ms, p.miou_pct) for p in data.frontier])
@@ -360,10 +363,17 @@ def draw_steps(data: StepsPlot, path: str | Path) -> Path:
         return _save(fig, path)
 
     steps = sorted({p.step for p in data.path} | {s for s, _ in data.stopped})
+    by_number = {p.number: s for s, p in data.candidates}
+    groups = [
+        (label, color, marker, [(by_number[p.number], p) for p in points])
+        for label, color, marker, points in _by_head([p for _, p in data.candidates])
+    ]
     for ax, field, label in ((top, "latency_ms", "latency (ms)"), (bottom, "miou_pct", "mIoU (%)")):
-        cand = [(s, getattr(p, field)) for s, p in data.candidates if s in steps and getattr(p, field) is not None]
-        if cand:
-            ax.scatter(*zip(*cand, strict=True), s=16, color=_CANDIDATE, zorder=2, linewidths=0)
+        for _, color, marker, points in groups:
+            cand = [(s, getattr(p, field)) for s, p in points if s in steps and getattr(p, field) is not None]
+            if cand:
+                size = 16 if marker == "o" else 30
+                ax.scatter(*zip(*cand, strict=True), s=size, color=color, marker=marker, zorder=2, linewidths=0)
         ax.plot([p.step for p in data.path], [getattr(p, field) for p in data.path], color=_PATH, lw=1.3, zorder=3)
         for p in data.path:
             color, marker = _style(p.dimension) if p.step else (_PATH, "o")
@@ -417,11 +427,32 @@ def draw_steps(data: StepsPlot, path: str | Path) -> Path:
     for dim in dict.fromkeys(p.dimension for p in data.path if p.step):
         color, marker = _style(dim)
         handles.append(_handle(marker, color, _grew(dim), line=False, edge="black"))
-    handles.append(_handle("o", _CANDIDATE, "candidate of that step", line=False))
+    for label, color, marker, _ in groups:
+        handles.append(_handle(marker, color, f"candidate of that step{label}", line=False))
     if fails:
         handles.append(_handle("x", _FAILED, "failed candidate", line=False))
     top.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.92)
     return _save(fig, path)
+
+
+def _by_head(points: Sequence[Point]) -> list[tuple[str, str, str, list[Point]]]:
+    """Candidates as ``(legend suffix, colour, marker, points)`` groups: one group, unless the run's
+    candidates have more than one head kind (head operators), then one per kind, plain ones first."""
+    if not points:
+        return []
+    kinds = list(dict.fromkeys(p.head for p in points))
+    if len(kinds) == 1:
+        return [("", _CANDIDATE, "o", list(points))]
+    kinds.sort(key=lambda k: (k != "plain", k))
+    return [
+        (
+            f", {kind} head",
+            _CANDIDATE if kind == "plain" else _DIMENSION_STYLE["head"][0],
+            _HEAD_MARKERS.get(kind, "o") if kind != "plain" else "o",
+            [p for p in points if p.head == kind],
+        )
+        for kind in kinds
+    ]
 
 
 def _step_label(p: PathPoint) -> str:

@@ -11,6 +11,7 @@ mIoU is in percent here (what the axes show); latency in milliseconds.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -43,11 +44,13 @@ NAMED_MODELS = ("lpsnet_s", "lpsnet_m", "lpsnet_l")
 
 
 class Point(NamedTuple):
-    """One trial on the latency/mIoU plane; ``miou_pct`` is ``None`` for a trial that did not finish."""
+    """One trial on the latency/mIoU plane; ``miou_pct`` is ``None`` for a trial that did not finish;
+    ``head``: the kind of its network's head (where a search switches heads, the plots tell them apart)."""
 
     number: int
     latency_ms: float
     miou_pct: float | None
+    head: str = "plain"
 
 
 class PathPoint(NamedTuple):
@@ -119,13 +122,24 @@ def _pct(value: Any) -> float | None:
     return None if v is None else 100.0 * v
 
 
+@functools.lru_cache(maxsize=4096)
+def _head_kind(arch: Any) -> str:
+    """The head kind of an inline architecture (``plain`` for none, or one that does not parse)."""
+    if not isinstance(arch, str) or ";h=" not in arch:
+        return "plain"
+    try:
+        return parse_inline(arch).head.kind
+    except ValueError:
+        return "plain"
+
+
+def _point(row: Any) -> Point | None:
+    lat = _f(row.latency_ms)
+    return None if lat is None else Point(int(row.number), lat, _pct(row.miou), _head_kind(getattr(row, "arch", None)))
+
+
 def _points(df: pd.DataFrame) -> list[Point]:
-    out = []
-    for row in df.itertuples(index=False):
-        lat = _f(row.latency_ms)
-        if lat is not None:
-            out.append(Point(int(row.number), lat, _pct(row.miou)))
-    return out
+    return [p for p in _points_or_none(df) if p is not None]
 
 
 def _named_key(inline: str) -> tuple:
@@ -220,8 +234,4 @@ def steps_plot_data(store: RunStore, df: pd.DataFrame, *, name: str | None = Non
 
 
 def _points_or_none(df: pd.DataFrame) -> list[Point | None]:
-    out: list[Point | None] = []
-    for row in df.itertuples(index=False):
-        lat = _f(row.latency_ms)
-        out.append(None if lat is None else Point(int(row.number), lat, _pct(row.miou)))
-    return out
+    return [_point(row) for row in df.itertuples(index=False)]

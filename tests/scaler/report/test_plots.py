@@ -153,3 +153,35 @@ def test_cli_plot_errors(greedy_run, tmp_path):
     r = runner.invoke(main, ["plot", str(run_dir), "-o", str(tmp_path / "x.pdf")])
     assert r.exit_code == 2 and "must end in .png or .svg" in r.output
     assert "Traceback" not in r.output
+
+
+HEADS_RUN = Path(__file__).resolve().parents[3] / "results" / "reference" / "lpsnet_demo_heads"
+
+
+def test_a_run_that_switches_heads_shows_each_candidates_head(tmp_path):
+    from scaler.search.store import open_run
+
+    store = open_run(HEADS_RUN)
+    df = trials_frame(store)
+    front = frontier_plot_data(store, df)
+    kinds = {k: sum(p.head == k for p in front.candidates) for k in ("plain", "denseclip", "fusion")}
+    assert kinds == {"plain": 27, "denseclip": 3, "fusion": 3}
+    assert {p.number for p in front.candidates if p.head == "fusion"} == {11, 22, 32}
+    steps = steps_plot_data(store, df)
+    assert sorted(s for s, p in steps.candidates if p.head == "denseclip") == [1, 2, 3]
+    text = draw_frontier(front, tmp_path / "f.svg").read_text()
+    for label in ("candidate, plain head (27)", "candidate, denseclip head (3)", "candidate, fusion head (3)"):
+        assert label in text
+    text = draw_steps(steps, tmp_path / "s.svg").read_text()
+    assert "candidate of that step, fusion head" in text and "candidate of that step, plain head" in text
+
+
+def test_a_run_with_one_head_kind_draws_its_candidates_as_before(greedy_run, tmp_path):
+    _, store = greedy_run
+    df = trials_frame(store)
+    front = frontier_plot_data(store, df)
+    assert {p.head for p in front.candidates} == {"plain"}
+    text = draw_frontier(front, tmp_path / "f.svg").read_text()
+    assert "candidate (7)" in text and " head (" not in text
+    text = draw_steps(steps_plot_data(store, df), tmp_path / "s.svg").read_text()
+    assert "candidate of that step" in text and "plain head" not in text
