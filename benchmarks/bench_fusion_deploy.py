@@ -2,7 +2,8 @@
 
     python benchmarks/bench_fusion_deploy.py --out benchmarks/results/fusion_deploy
 
-For each case (default: lpsnet_tiny at 512x1024 and lpsnet_s at 256x512), four networks are timed
+For each case (default: lpsnet_tiny and the demo's winner at the demo's 512x1024, lpsnet_s at 256x512),
+five networks are timed
 together by ``measure_paired`` (each built once as latency measurement builds it, warmed up, then
 timed in interleaved rounds in a shuffled order, batch 1, fp32, torch, up to the head's logits):
 
@@ -10,7 +11,9 @@ timed in interleaved rounds in a shuffled order, batch 1, fp32, torch, up to the
 - ``denseclip``: pixel/text cosine;
 - ``fusion (old deploy)``: the baseline, what deploying a fusion network gave before its deploy form:
   the backbone's BatchNorms folded, the head as trained (eval mode, every text op per image);
-- ``fusion (new deploy)``: :class:`models.heads.FusionDeployHead`, what ``reparameterize`` gives now.
+- ``fusion (new deploy)``: :class:`models.heads.FusionDeployHead`, what ``reparameterize`` gives now;
+- ``fusion (new deploy), dim 16``: the same with a 16-wide head instead of 64, what a small
+  backbone's head costs when its width is cut to the backbone's.
 
 All four use seeded weights (seed 0, as latency measurement uses), so the two fusion rows compute
 the same logits; the report gives their largest difference. ``measure_paired`` builds networks from
@@ -45,9 +48,13 @@ from scaler.measure.latency import TORCH_DTYPES, build_network, make_input, reso
 from scaler.measure.load import wait_for_quiet
 from scaler.measure.onnx_export import onnx_bytes
 
-CASES = ("lpsnet_tiny:512x1024", "lpsnet_s:256x512")
-ROWS = ("plain", "denseclip", "fusion (old deploy)", "fusion (new deploy)")
+# The demo's winner (results/reference/lpsnet_demo) at the demo's latency size; its start is lpsnet_tiny.
+DEMO_WINNER = "lpsnet:d=1,1,1,1,1;w=4,8,48,96,96;r=1"
+CASES = ("lpsnet_tiny:512x1024", f"{DEMO_WINNER}:512x1024", "lpsnet_s:256x512")
+ROWS = ("plain", "denseclip", "fusion (old deploy)", "fusion (new deploy)", "fusion (new deploy), dim 16")
 OLD = 2  # the slot of the old deploy form in each group
+NEW = 3
+SMALL_DIM = 16
 GOAL = 0.10
 
 
@@ -102,17 +109,18 @@ def static_costs(nets: list[torch.nn.Module], x: torch.Tensor) -> list[dict[str,
 
 def run_case(spec: str, hw: tuple[int, int], threads: int, rounds: int, seed: int) -> dict[str, Any]:
     base = resolve_arch(spec)
-    archs = [dataclasses.replace(base, head=HeadConfig(kind=k)) for k in ("plain", "denseclip", "fusion", "fusion")]
+    heads = [HeadConfig(kind=k) for k in ("plain", "denseclip", "fusion", "fusion")]
+    archs = [dataclasses.replace(base, head=h) for h in [*heads, HeadConfig(kind="fusion", dim=SMALL_DIM)]]
     settings = LatencySettings(input_hw=hw, threads=threads, max_others_share=None)
     s = resolve_settings(settings)
     x = make_input(s)
     nets = [build_network(a, None, s) for a in archs[:OLD]] + [
         old_deploy(archs[OLD], s),
-        build_network(archs[3], None, s),
+        *(build_network(a, None, s) for a in archs[NEW:]),
     ]
     costs = static_costs(nets, x)
     with torch.no_grad():
-        old, new = nets[OLD](x), nets[3](x)
+        old, new = nets[OLD](x), nets[NEW](x)
     diff = float((old - new).abs().max() / old.abs().max())
     del nets
     load_before = os.getloadavg()
@@ -160,7 +168,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "network per round, the median is the round's sample), batch 1, fp32, torch, up to the head's logits, "
         "seeded weights. `vs plain`: the median of the per-round differences to plain over plain's median, with "
         "its 90% interval. MACs: `torch.utils.flop_counter` / 2. Ops: ONNX graph nodes (project exporter, "
-        "opset 17), `Constant` nodes not counted. fusion: dim 64, 1 layer, 4 heads, 19 classes.",
+        "opset 17), `Constant` nodes not counted. fusion: dim 64 (16 in the last row), 1 layer, 4 heads, 19 "
+        "classes.",
         "",
     ]
     verdicts = []
@@ -185,7 +194,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"| {r['network']} | {r['median_ms']:.3f} | {r['over_plain']:+.1%}{interval} | "
                 f"{r['macs'] / 1e6:.2f} M | {r['macs'] / plain['macs'] - 1:+.1%} | {r['onnx_ops']} |"
             )
-        new, old = case["rows"][3], case["rows"][2]
+        new, old = case["rows"][NEW], case["rows"][OLD]
         _, low, high = (v / plain["median_ms"] for v in new["delta_vs_plain_ms"])
         if high <= GOAL:
             verdict = "met"
@@ -195,6 +204,9 @@ def to_markdown(report: dict[str, Any]) -> str:
             verdict = "missed"
         floor = new["macs"] / plain["macs"] - 1
         why = f"; its MACs alone are {floor:+.0%} over plain's" if floor > GOAL else ""
+        small = next((r for r in case["rows"] if r["network"] == ROWS[-1]), None)
+        if small is not None:
+            why += f"; at dim {SMALL_DIM}: {small['over_plain']:+.1%} (MACs {small['macs'] / plain['macs'] - 1:+.0%})"
         verdicts.append(
             f"`{case['arch']}` at {case['input']}: fusion (new deploy) {new['over_plain']:+.1%} over plain "
             f"(90% interval {low:+.1%} .. {high:+.1%}; old deploy {old['over_plain']:+.1%}): {verdict}{why}."
