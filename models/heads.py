@@ -315,8 +315,8 @@ class HeadConfig:
         Raises:
             HeadError: Not a kind or a mapping, an unknown key, or a bad value.
         """
-        if isinstance(data, str):
-            return cls(kind=data)
+        if isinstance(data, str):  # a kind alone names no recipe: today's defaults, whatever ``stored`` says
+            data, stored = {"kind": data}, False
         if not isinstance(data, dict):
             raise HeadError(f"{source}: expected a head kind or a mapping, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}

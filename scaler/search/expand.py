@@ -38,9 +38,10 @@ __all__ = [
     "Selection",
     "apply_operator",
     "grow_to_target",
+    "one_step_expansions",
     "propose_step",
     "select_next",
-    "target_operators",
+    "target_expansions",
 ]
 
 LatencyFn = Callable[[LPSNetArch], float]
@@ -86,7 +87,7 @@ class Operator:
                 try:
                     object.__setattr__(self, "head", HeadConfig.from_dict(self.head, source=label, stored=False))
                 except HeadError as e:
-                    raise ValueError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
+                    raise ValueError(str(e)) from None
         elif self.kind in ("depth", "width"):
             delta = tuple(int(v) for v in self.delta)
             if len(delta) != NUM_STAGES or any(v < 0 for v in delta) or not any(delta):
@@ -301,11 +302,22 @@ def _grow_all(
     return done
 
 
-def target_operators(operators: Sequence[Operator]) -> tuple[Operator, ...]:
-    """The operators whose one-step expansions set a step's target: those that grow by steps (depth,
-    width, resolution), or every one when there are none of them (a space of head operators alone)."""
-    growing = tuple(op for op in operators if op.repeatable)
-    return growing or tuple(operators)
+def one_step_expansions(
+    parent: LPSNetArch, operators: Sequence[Operator], constraints: Constraints | None = None
+) -> list[tuple[Operator, LPSNetArch]]:
+    """Each operator applied once to ``parent``, as ``(operator, network)``; those that break a constraint
+    are left out."""
+    grown = ((op, apply_operator(parent, op, 1, constraints)) for op in operators)
+    return [(op, arch) for op, arch in grown if arch is not None]
+
+
+def target_expansions(expansions: Sequence[tuple[Operator, LPSNetArch]]) -> list[tuple[Operator, LPSNetArch]]:
+    """The one-step expansions whose slowest sets a step's target: the growths (depth, width,
+    resolution), or every one when no growth applies (a space of head operators alone, or a network
+    the constraints let grow no further). A head switch costs what its head costs, which is no step
+    of a size for the others to grow to."""
+    growths = [(op, arch) for op, arch in expansions if op.repeatable]
+    return growths or list(expansions)
 
 
 def propose_step(
@@ -330,17 +342,15 @@ def propose_step(
             once per steplen for the networks of all operators still growing. The candidates are
             the same as one network at a time would give with the same numbers.
 
-    The target is the slowest one-step expansion by :func:`target_operators`: a head switch costs
-    what its head costs, which is no step of a size for the others to grow to.
+    The target is the slowest of :func:`target_expansions`.
     """
     many = latency_many or _one_by_one(latency)
-    one_step = list(dict.fromkeys(a for a in (apply_operator(parent, op, 1, constraints) for op in operators) if a))
-    if not one_step:
+    expansions = one_step_expansions(parent, operators, constraints)
+    if not expansions:
         return []
+    one_step = list(dict.fromkeys(arch for _, arch in expansions))
     known = dict(zip(one_step, (float(ms) for ms in many(one_step)), strict=True))
-    setting = [apply_operator(parent, op, 1, constraints) for op in target_operators(operators)]
-    # When no operator that grows by steps can grow it, the head switches set the target.
-    target = max((known[a] for a in setting if a is not None), default=max(known.values()))
+    target = max(known[arch] for _, arch in target_expansions(expansions))
     merged: dict[LPSNetArch, Candidate] = {}
     grown_all = _grow_all(parent, operators, target, many, constraints, max_steplen, known)
     for op, grown in zip(operators, grown_all, strict=True):

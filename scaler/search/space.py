@@ -476,9 +476,8 @@ def _operators(value: Any, fail: Any, base_dir: Path | None = None) -> tuple[Ope
             label = f"operator {item.get('name')!r}"
             try:
                 item["head"] = _beside(HeadConfig.from_dict(item["head"], source=label, stored=False), base_dir)
-            except HeadError as e:
-                message = str(e) if str(e).startswith(label) else f"{label}: {e}"
-                raise fail(f"{key}.head", message) from None
+            except HeadError as e:  # the message starts with the label
+                raise fail(f"{key}.head", str(e)) from None
         try:
             ops.append(Operator(**item))
         except (TypeError, ValueError) as e:

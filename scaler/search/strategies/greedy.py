@@ -42,7 +42,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from models import LPSNetArch
-from scaler.search.expand import Candidate, Scored, apply_operator, propose_step, select_next, target_operators
+from scaler.search.expand import (
+    Candidate,
+    Scored,
+    one_step_expansions,
+    propose_step,
+    select_next,
+    target_expansions,
+)
 from scaler.search.strategies.base import (
     Decision,
     PairedTiming,
@@ -327,19 +334,16 @@ class GreedyStrategy(Strategy):
             return None
         sp = self.space
         target = candidates[0].target_ms
-        one_step = [(op.name, apply_operator(arch, op, 1, sp.constraints)) for op in sp.operators]
-        setting = {op.name for op in target_operators(sp.operators)}
-        allowed = [(n, a) for n, a in one_step if a is not None]
-        # The first of the slowest, as propose_step takes the target (a head switch only when nothing else grows).
-        pool = [(n, a) for n, a in allowed if n in setting] or allowed
-        name, top = max(pool, key=lambda x: ctx.latency_ms(x[1]))
+        expansions = target_expansions(one_step_expansions(arch, sp.operators, sp.constraints))
+        # The first of the slowest, as propose_step takes the target.
+        op, top = max(expansions, key=lambda x: ctx.latency_ms(x[1]))
         # Growing an operator up to the target should come near it; a head switch has no steps to grow by.
-        grown = [c for c in candidates if any(n in setting for n in c.operators)] or list(candidates)
-        others = [c for c in grown if c.arch != top]
+        setting = {o.name for o, _ in expansions}
+        others = [c for c in candidates if c.arch != top and any(n in setting for n in c.operators)]
         if not others or any(c.latency_ms >= OUTLIER_RATIO * target for c in others):
             return None
         again = float(ctx.latency(top, refresh=True)["median_ms"])
-        return top, TargetCheck(operator=name, first_ms=target, again_ms=again)
+        return top, TargetCheck(operator=op.name, first_ms=target, again_ms=again)
 
     def _time_together(
         self, arch: LPSNetArch, candidates: Sequence[Candidate], ctx: SearchContext, actions: list[str]
