@@ -510,10 +510,8 @@ def _fit_and_score(
     loader = _loader(setup, span)
     earlier = list(span.resume.losses) if span.resume is not None else []
     losses: list[float] = []
-    fields: dict[str, Any] = {
-        "device": str(setup.device),
-        "param_groups": [g.summary() for g in _param_groups(model, setup)],
-    }
+    groups = _param_groups(model, setup)
+    fields: dict[str, Any] = {"device": str(setup.device), "param_groups": [g.summary() for g in groups]}
     bar = _progress(span.stop - span.start, progress, f"train {setup.arch.arch_hash()}")
     state: dict[str, Any] = {}
     rungs: list[dict[str, float]] = []
@@ -545,7 +543,7 @@ def _fit_and_score(
         model.to(setup.device)
         if setup.channels_last:
             model.to(memory_format=torch.channels_last)
-        data_time = _train(model, setup, loader, losses, bar, span, state, midway)
+        data_time = _train(model, setup, groups, loader, losses, bar, span, state, midway)
         seconds = time.perf_counter() - t_start - midway_s[0]
         fields.update(_train_stats(earlier, losses, config.batch, data_time, seconds))
         t_eval = time.perf_counter()
@@ -591,6 +589,7 @@ def _fit_and_score(
 def _train(
     model: SegModel,
     setup: _Setup,
+    groups: list[ParamGroup],
     loader: DataLoader,
     losses: list[float],
     bar: Any,
@@ -598,9 +597,10 @@ def _train(
     state: dict[str, Any],
     midway: Callable[[int], None],
 ) -> float:
-    """The optimisation steps of ``span``; each step's loss is appended to ``losses`` as it comes (a failure
-    mid-run still knows how far it got), ``midway(k)`` is called after step ``k`` of ``span.eval_at``, and
-    the optimiser's and loss scaler's states are left in ``state``. Returns the seconds spent waiting for data.
+    """The optimisation steps of ``span`` on the recipe's ``groups``; each step's loss is appended to
+    ``losses`` as it comes (a failure mid-run still knows how far it got), ``midway(k)`` is called after
+    step ``k`` of ``span.eval_at``, and the optimiser's and loss scaler's states are left in ``state``.
+    Returns the seconds spent waiting for data.
 
     Raises:
         _Diverged: The loss became NaN or infinite.
@@ -609,7 +609,7 @@ def _train(
     aux_weight = setup.arch.head.aux_weight if setup.arch.head.has_aux else 0.0
     ignore_index = setup.train_set.info.ignore_index
     scaler = torch.amp.GradScaler(device.type, enabled=setup.amp and device.type == "cuda")
-    optimizer = Optimizers(_param_groups(model, setup), momentum=config.momentum)
+    optimizer = Optimizers(groups, momentum=config.momentum)
     if span.resume is not None:
         optimizer.load_state_dict(span.resume.optimizer)
         scaler.load_state_dict(span.resume.grad_scaler)
