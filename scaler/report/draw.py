@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from scaler.errors import UserError
 from scaler.files import atomic_path
-from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, Point, StepsPlot
+from scaler.report.plot_data import FrontierPlot, NamedPoint, PathPoint, StepsPlot
 from scaler.report.summary import RunInfo
 from scaler.search.run_folder import PLOTS_DIR
 
@@ -174,7 +174,8 @@ def draw_frontier(data: FrontierPlot, path: str | Path) -> Path:
     log = _latency_axis(ax, every)
     handles: list[Line2D] = []
 
-    for label, color, marker, points in _by_head(data.candidates):
+    for label, color, marker, kind in _by_head([p.head for p in data.candidates]):
+        points = [p for p in data.candidates if kind is None or p.head == kind]
         ax.scatter(
             [p.latency_ms for p in points],
             [p.miou_pct for p in points],
@@ -363,14 +364,11 @@ def draw_steps(data: StepsPlot, path: str | Path) -> Path:
         return _save(fig, path)
 
     steps = sorted({p.step for p in data.path} | {s for s, _ in data.stopped})
-    by_number = {p.number: s for s, p in data.candidates}
-    groups = [
-        (label, color, marker, [(by_number[p.number], p) for p in points])
-        for label, color, marker, points in _by_head([p for _, p in data.candidates])
-    ]
+    groups = _by_head([p.head for _, p in data.candidates])
     for ax, field, label in ((top, "latency_ms", "latency (ms)"), (bottom, "miou_pct", "mIoU (%)")):
-        for _, color, marker, points in groups:
-            cand = [(s, getattr(p, field)) for s, p in points if s in steps and getattr(p, field) is not None]
+        for _, color, marker, kind in groups:
+            mine = [(s, p) for s, p in data.candidates if kind is None or p.head == kind]
+            cand = [(s, getattr(p, field)) for s, p in mine if s in steps and getattr(p, field) is not None]
             if cand:
                 size = 16 if marker == "o" else 30
                 ax.scatter(*zip(*cand, strict=True), s=size, color=color, marker=marker, zorder=2, linewidths=0)
@@ -435,24 +433,16 @@ def draw_steps(data: StepsPlot, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _by_head(points: Sequence[Point]) -> list[tuple[str, str, str, list[Point]]]:
-    """Candidates as ``(legend suffix, colour, marker, points)`` groups: one group, unless the run's
-    candidates have more than one head kind (head operators), then one per kind, plain ones first."""
-    if not points:
-        return []
-    kinds = list(dict.fromkeys(p.head for p in points))
-    if len(kinds) == 1:
-        return [("", _CANDIDATE, "o", list(points))]
-    kinds.sort(key=lambda k: (k != "plain", k))
-    return [
-        (
-            f", {kind} head",
-            _CANDIDATE if kind == "plain" else _DIMENSION_STYLE["head"][0],
-            _HEAD_MARKERS.get(kind, "o") if kind != "plain" else "o",
-            [p for p in points if p.head == kind],
-        )
-        for kind in kinds
-    ]
+def _by_head(heads: Sequence[str]) -> list[tuple[str, str, str, str | None]]:
+    """How to draw candidates whose heads are ``heads``: ``(legend suffix, colour, marker, kind)`` per group;
+    one group (``kind`` None: all of them), unless the run's candidates have more than one head kind
+    (head operators), then one per kind, plain first."""
+    kinds = sorted(set(heads), key=lambda k: (k != "plain", k))
+    if len(kinds) <= 1:
+        return [("", _CANDIDATE, "o", None)] if kinds else []
+    colour = _DIMENSION_STYLE["head"][0]
+    styles = {k: (_CANDIDATE, "o") if k == "plain" else (colour, _HEAD_MARKERS.get(k, "o")) for k in kinds}
+    return [(f", {k} head", *styles[k], k) for k in kinds]
 
 
 def _step_label(p: PathPoint) -> str:
