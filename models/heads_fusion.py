@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import HeadConfig, HeadError, LanguageHead, register_head
+from .heads import FUSION_PARTS, HeadConfig, HeadError, LanguageHead, register_head
 
 __all__ = ["FusionDeployHead", "FusionHead", "FusionLayer"]
 
@@ -116,8 +116,10 @@ class FusionHead(LanguageHead):
         ``text_self``: the class tokens' self-attention; ``to_text``: the pixels -> text bridge direction;
         ``to_pixels``: text -> pixels. The residual then adds nothing, whatever the part's other weights.
         """
+        if part not in FUSION_PARTS:
+            raise HeadError(f"unknown fusion part {part!r} (parts: {', '.join(FUSION_PARTS)})")
         for layer in self.layers:
-            out = {"text_self": layer.text_self, "to_text": layer.to_text, "to_pixels": layer.to_pixels}[part].out
+            out = getattr(layer, part).out  # the parts are the layer's attribute names
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
             out.requires_grad_(False)
