@@ -204,11 +204,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     if train:
         lines += [
             f"Training: {report['iters']} iterations, batch {report['batch']}, crop {report['crop']}, SGD lr "
-            f"{report['lr']} for the backbone, seeds {report['seeds']}; each head with its recipe "
-            "(`HeadConfig`: AdamW lr 1e-3, 10% warm-up, weight decay 1e-4 for linear layers, LayerNorms and the "
-            "logit scale; the fusion head starts as DenseCLIP; aux loss weight 0.4). Language-guided heads embed "
-            "the dataset's class names with MiniLM (4 prompt templates). mIoU % on the val split, mean ± sd over "
-            "the seeds.",
+            f"{report['lr']} for the backbone, seeds {report['seeds']}; each head with its recipe (`HeadConfig`: "
+            f"{HEADS['fusion'].describe_recipe()}; aux loss weight {HEADS['fusion'].aux_weight:g}). "
+            "Language-guided heads embed the dataset's class names with MiniLM (4 prompt templates). mIoU % on "
+            "the val split, mean ± sd over the seeds.",
             "",
             "Datasets: " + "; ".join(f"`{k}` = `{v}`" for k, v in report["datasets"].items()) + ". "
             f"The shapes set: {report['shapes_note']}",

@@ -9,8 +9,9 @@ The named-shapes scenes (:func:`shapes_scene`) are the case language guidance is
 colour and a shape ("red circle", "blue triangle", ...), so the class names share words exactly where
 the classes share looks, which a sentence encoder's embeddings reflect. Some combinations are rare in
 training and as common as the others in validation: a head that scores pixels against the names'
-embeddings can borrow from "red square" and "blue triangle" to recognise "red triangle"; a 1x1
-classifier has only the few red triangles it saw.
+embeddings could borrow from "red square" and "blue triangle" to recognise "red triangle", where a 1x1
+classifier has only the few red triangles it saw (measured in ``benchmarks/results/heads_cpu.md``: with
+MiniLM's embeddings, no head did).
 """
 
 from __future__ import annotations
